@@ -1,0 +1,5 @@
+import sys
+
+from forkserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""The link between the master and one worker: a shared-memory slot plus an event pipe.
+
+Created by the master *before* fork; both sides keep their half.
+
+Shared slot (anonymous MAP_SHARED mmap, 8-byte unsigned ints, the worker is the only writer):
+    HEARTBEAT   time.monotonic_ns() of the worker's last sign of life (CLOCK_MONOTONIC is system-wide)
+    REQUESTS    requests answered
+    STATUS_1XX .. STATUS_5XX  responses by status class
+    IN_FLIGHT   requests being handled right now (busy when > 0)
+    CONNECTIONS open client connections
+    DURATION_US total request time in microseconds (for a mean; histogram buckets follow)
+    BUCKETS     request-duration histogram: per-bucket (not cumulative) counts for DURATION_BUCKETS, +Inf last
+Writing a counter is a memory store: nothing on the request path makes a syscall to the master, and reading a
+slot never wakes the worker.
+
+Event pipe (worker -> master), one JSON object per line, only for rare events that must wake the master:
+    {"event": "ready"}                     app imported, listening; may receive traffic
+    {"event": "recycle"}                   max_requests reached: please start my replacement, then retire me
+    {"event": "boot_error", "text": "..."} import failed; the text is the tail of the traceback
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import time
+from dataclasses import dataclass, field
+
+HEARTBEAT, REQUESTS = 0, 1
+STATUS_BASE = 2  # 2..6 for 1xx..5xx
+IN_FLIGHT, CONNECTIONS, DURATION_US = 7, 8, 9
+BUCKET_BASE = 10
+DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SLOTS = BUCKET_BASE + len(DURATION_BUCKETS) + 1
+SLOT_BYTES = 8 * SLOTS
+_MAX_EVENT = 3500  # below PIPE_BUF (4096) so each event is written atomically
+
+
+@dataclass
+class Counters:
+    """A snapshot of one worker's slot, read by the master."""
+
+    heartbeat_ns: int
+    requests: int
+    by_status_class: tuple[int, int, int, int, int]
+    in_flight: int
+    connections: int
+    duration_us: int
+    buckets: tuple[int, ...]
+
+
+@dataclass
+class MasterEnd:
+    """The master's half: read counters, drain events."""
+
+    slot: memoryview
+    read_fd: int
+    _buffer: bytes = field(default=b"")
+
+    def counters(self) -> Counters:
+        s = self.slot
+        return Counters(
+            heartbeat_ns=s[HEARTBEAT],
+            requests=s[REQUESTS],
+            by_status_class=(s[2], s[3], s[4], s[5], s[6]),
+            in_flight=s[IN_FLIGHT],
+            connections=s[CONNECTIONS],
+            duration_us=s[DURATION_US],
+            buckets=tuple(s[BUCKET_BASE:SLOTS]),
+        )
+
+    def read_events(self) -> tuple[list[dict[str, str]], bool]:
+        """Drain the pipe without blocking. Returns (events, closed): closed once the worker's end is gone."""
+        closed = False
+        while True:
+            try:
+                chunk = os.read(self.read_fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        events = []
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # a worker is not trusted to write well-formed events; ignore garbage
+            if isinstance(message, dict) and isinstance(message.get("event"), str):
+                events.append(message)
+        return events, closed
+
+    def close(self) -> None:
+        try:
+            os.close(self.read_fd)
+        except OSError:
+            pass
+        self.read_fd = -1
+
+
+@dataclass
+class WorkerEnd:
+    """The worker's half. `slot` is a memoryview of 8-byte ints: `end.slot[REQUESTS] += 1` is the hot path."""
+
+    slot: memoryview
+    write_fd: int
+
+    def heartbeat(self) -> None:
+        self.slot[HEARTBEAT] = time.monotonic_ns()
+
+    def send(self, event: str, **fields: str) -> None:
+        data = json.dumps({"event": event, **fields}).encode()
+        if len(data) > _MAX_EVENT:
+            data = json.dumps({"event": event, **{k: v[-2000:] for k, v in fields.items()}}).encode()
+        try:
+            os.write(self.write_fd, data + b"\n")
+        except OSError:
+            pass  # master gone: the worker notices through its parent check and exits
+
+    def record(self, status: int, duration_s: float) -> None:
+        """Count one answered request (called once per response)."""
+        s = self.slot
+        s[REQUESTS] += 1
+        cls = status // 100
+        if 1 <= cls <= 5:
+            s[STATUS_BASE + cls - 1] += 1
+        s[DURATION_US] += int(duration_s * 1_000_000)
+        i = BUCKET_BASE
+        for bound in DURATION_BUCKETS:
+            if duration_s <= bound:
+                break
+            i += 1
+        s[i] += 1
+
+
+def create() -> tuple[MasterEnd, WorkerEnd, mmap.mmap]:
+    """Make both ends before fork. The caller closes the other side's fd after fork."""
+    region = mmap.mmap(-1, SLOT_BYTES)  # anonymous + MAP_SHARED: both processes see the same page
+    slot = memoryview(region).cast("Q")
+    slot[HEARTBEAT] = time.monotonic_ns()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    return MasterEnd(slot, read_fd), WorkerEnd(slot, write_fd), region

@@ -1,0 +1,68 @@
+"""Command line: argument parsing and exit codes only. Each command lives in its own module.
+
+Exit codes: 0 success; 1 the thing checked is not right (invalid config, plan has changes, not ready);
+2 usage or I/O error (argparse uses 2 too); 3 `up` could not start (invalid config, bind failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forkserve", description="Pre-fork WSGI server for several apps.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the site in the foreground (a master and its workers)")
+    up.add_argument("site", help="site file (.toml, .yaml or .yml)")
+
+    check = sub.add_parser("check", help="validate site files; exit 1 if any is invalid")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--format", choices=("text", "json", "github"), default="text")
+    check.add_argument("--import", dest="do_import", action="store_true",
+                       help="also import each app in a throwaway subprocess and check it is callable")
+
+    sub.add_parser("schema", help="print the JSON Schema of site files")
+
+    for name, text in (("status", "show what the running master wants and runs"),
+                       ("reload", "make the running master re-read its site file"),
+                       ("stop", "stop the running master (graceful unless --fast)")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("site", nargs="?", help="site file of the master (default: ./site.toml)")
+        cmd.add_argument("--socket", help="control socket path (default: derived from the site file)")
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
+            cmd.add_argument("--ready", action="store_true",
+                             help="exit 0 only when every app has its desired ready workers")
+        if name == "stop":
+            cmd.add_argument("--fast", action="store_true")
+
+    plan = sub.add_parser("plan", help="show what applying SITE would change; exit 0 none, 1 some, 2 error")
+    plan.add_argument("site")
+    plan.add_argument("--socket", help="control socket path (default: derived from the site file)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        from forkserve.master import run_site
+
+        return run_site(args.site)
+    if args.command == "check":
+        from forkserve.config.check import run_check
+
+        return run_check(args.files, fmt=args.format, do_import=args.do_import)
+    if args.command == "schema":
+        from forkserve.config.schema import schema_text
+
+        sys.stdout.write(schema_text())
+        return 0
+    from forkserve.control import client
+
+    return client.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

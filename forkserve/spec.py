@@ -1,0 +1,120 @@
+"""Desired state: frozen per-app specs derived from a validated site file. Pure.
+
+`AppSpec.revision` hashes every field whose change needs new worker processes (module, env, binds, limits, ...);
+`workers` is deliberately outside it, so a count change is a scale, never a roll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from math import ceil
+
+from forkserve.config.binds import BindAddress, parse_bind
+from forkserve.config.models import AppConfig, SiteConfig
+
+# Fields of AppConfig that a running worker cannot pick up: changing any of them rolls the app's workers.
+ROLL_FIELDS: tuple[str, ...] = (
+    "module", "binds", "worker_class", "worker_connections", "timeout", "boot_timeout", "max_requests",
+    "max_requests_jitter", "keepalive", "chdir", "pythonpath", "env", "limit_request_line",
+    "limit_request_fields", "limit_request_field_size",
+)
+# Fields the master applies itself, with no new workers.
+LIVE_FIELDS: tuple[str, ...] = ("workers", "graceful_timeout", "max_surge", "max_unavailable", "backlog",
+                                "unix_socket_mode")
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    name: str
+    revision: str
+    module: str
+    binds: tuple[BindAddress, ...]
+    workers: int
+    worker_class: str
+    worker_connections: int
+    timeout: float
+    boot_timeout: float
+    graceful_timeout: float
+    max_requests: int
+    max_requests_jitter: int
+    max_surge: int
+    max_unavailable: int
+    keepalive: float
+    backlog: int
+    unix_socket_mode: int
+    chdir: str | None
+    pythonpath: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    limit_request_line: int
+    limit_request_fields: int
+    limit_request_field_size: int
+    access_log: str | None  # None: off; "-": stdout; else a path
+    error_log: str
+    log_level: str
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    apps: dict[str, AppSpec] = field(default_factory=dict)
+    revision: str = ""  # of the whole site: changes when any app spec or count changes
+    stopping: bool = False  # graceful stop: retire everything
+
+    def stopped(self) -> DesiredState:
+        return DesiredState({}, self.revision, stopping=True)
+
+    @classmethod
+    def from_config(cls, site: SiteConfig) -> DesiredState:
+        apps = {name: _app_spec(name, app, site) for name, app in sorted(site.apps.items())}
+        digest = hashlib.sha256(
+            json.dumps([[s.name, s.revision, s.workers] for s in apps.values()]).encode()
+        ).hexdigest()[:8]
+        return cls(apps, digest)
+
+
+def resolve_count(value: int | str, workers: int, round_up: bool) -> int:
+    """`max_surge`/`max_unavailable` as a count: "25%" of 4 workers -> 1 (surge rounds up, unavailable down)."""
+    if isinstance(value, int):
+        return value
+    share = int(value.rstrip("%")) * workers / 100
+    return ceil(share) if round_up else int(share)
+
+
+def _app_spec(name: str, app: AppConfig, site: SiteConfig) -> AppSpec:
+    roll = {key: getattr(app, key) for key in ROLL_FIELDS}
+    roll["env"] = sorted(app.env.items())
+    revision = hashlib.sha256(json.dumps(roll, sort_keys=True, default=list).encode()).hexdigest()[:8]
+    surge = resolve_count(app.max_surge, app.workers, round_up=True)
+    unavailable = resolve_count(app.max_unavailable, app.workers, round_up=False)
+    if surge == 0 and unavailable == 0:
+        surge = 1  # "0%" of a small count must not wedge a roll
+    access = site.server.access_log
+    return AppSpec(
+        name=name,
+        revision=revision,
+        module=app.module,
+        binds=tuple(parse_bind(b) for b in app.binds),
+        workers=app.workers,
+        worker_class=app.worker_class,
+        worker_connections=app.worker_connections,
+        timeout=app.timeout,
+        boot_timeout=app.boot_timeout,
+        graceful_timeout=app.graceful_timeout if app.graceful_timeout is not None else site.server.graceful_timeout,
+        max_requests=app.max_requests,
+        max_requests_jitter=app.max_requests_jitter,
+        max_surge=surge,
+        max_unavailable=unavailable,
+        keepalive=app.keepalive,
+        backlog=app.backlog,
+        unix_socket_mode=int(app.unix_socket_mode, 8),
+        chdir=app.chdir,
+        pythonpath=app.pythonpath,
+        env=tuple(sorted(app.env.items())),
+        limit_request_line=app.limit_request_line or 8190,
+        limit_request_fields=app.limit_request_fields or 32768,
+        limit_request_field_size=app.limit_request_field_size or 65536,
+        access_log=None if access is False else str(access),
+        error_log=site.server.error_log,
+        log_level=site.server.log_level,
+    )
