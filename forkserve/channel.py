@@ -21,6 +21,7 @@ Event pipe (worker -> master), one JSON object per line, only for rare events th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -97,10 +98,8 @@ class MasterEnd:
         return events, closed
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.read_fd)
-        except OSError:
-            pass
         self.read_fd = -1
 
 
@@ -118,10 +117,8 @@ class WorkerEnd:
         data = json.dumps({"event": event, **fields}).encode()
         if len(data) > _MAX_EVENT:
             data = json.dumps({"event": event, **{k: v[-2000:] for k, v in fields.items()}}).encode()
-        try:
+        with contextlib.suppress(OSError):  # master gone: the worker notices through its parent check and exits
             os.write(self.write_fd, data + b"\n")
-        except OSError:
-            pass  # master gone: the worker notices through its parent check and exits
 
     def record(self, status: int, duration_s: float) -> None:
         """Count one answered request (called once per response)."""

@@ -59,10 +59,11 @@ class AppSpec:
 class DesiredState:
     apps: dict[str, AppSpec] = field(default_factory=dict)
     revision: str = ""  # of the whole site: changes when any app spec or count changes
-    stopping: bool = False  # graceful stop: retire everything
+    stopping: bool = False  # stop: no apps wanted; workers retire (graceful) or are killed (fast)
+    fast: bool = False
 
-    def stopped(self) -> DesiredState:
-        return DesiredState({}, self.revision, stopping=True)
+    def stopped(self, fast: bool = False) -> DesiredState:
+        return DesiredState({}, self.revision, stopping=True, fast=fast)
 
     @classmethod
     def from_config(cls, site: SiteConfig) -> DesiredState:
@@ -84,6 +85,7 @@ def resolve_count(value: int | str, workers: int, round_up: bool) -> int:
 def _app_spec(name: str, app: AppConfig, site: SiteConfig) -> AppSpec:
     roll = {key: getattr(app, key) for key in ROLL_FIELDS}
     roll["env"] = sorted(app.env.items())
+    roll["logs"] = [site.server.access_log, site.server.error_log, site.server.log_level]
     revision = hashlib.sha256(json.dumps(roll, sort_keys=True, default=list).encode()).hexdigest()[:8]
     surge = resolve_count(app.max_surge, app.workers, round_up=True)
     unavailable = resolve_count(app.max_unavailable, app.workers, round_up=False)

@@ -1,0 +1,65 @@
+"""What applying a new site file changes, in words. Pure.
+
+Used for the one log line each reload writes (`site revision 3f2a applied: api scaled 2->4; web rolling; shop
+added`) and by `forkserve plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forkserve.config.models import ServerConfig
+from forkserve.spec import ROLL_FIELDS, DesiredState
+
+# [server] keys the master cannot change while it runs: reported, never silently ignored.
+RESTART_ONLY: tuple[str, ...] = ("control_socket", "pidfile", "error_log", "watch", "metrics")
+
+
+@dataclass(frozen=True)
+class AppChange:
+    app: str
+    kind: str  # "added", "removed", "scaled", "rolling", "scaled+rolling", "changed" (live settings only)
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.app} {self.detail}" if self.detail else f"{self.app} {self.kind}"
+
+
+def app_changes(old: DesiredState, new: DesiredState) -> list[AppChange]:
+    changes = []
+    for name in sorted({*old.apps, *new.apps}):
+        before, after = old.apps.get(name), new.apps.get(name)
+        if before is None:
+            changes.append(AppChange(name, "added", f"added ({after.workers if after else 0} workers)"))
+        elif after is None:
+            changes.append(AppChange(name, "removed", "removed"))
+        else:
+            rolled = before.revision != after.revision
+            scaled = before.workers != after.workers
+            if rolled:
+                fields = [f for f in ROLL_FIELDS if _field(before, f) != _field(after, f)] or ["log settings"]
+                what = f"rolling ({', '.join(fields)} changed)"
+                kind = "scaled+rolling" if scaled else "rolling"
+                detail = f"scaled {before.workers}->{after.workers}, {what}" if scaled else what
+                changes.append(AppChange(name, kind, detail))
+            elif scaled:
+                changes.append(AppChange(name, "scaled", f"scaled {before.workers}->{after.workers}"))
+            elif before != after:
+                changes.append(AppChange(name, "changed", "live settings changed (no restart)"))
+    return changes
+
+
+def _field(spec: object, name: str) -> object:
+    return getattr(spec, name)
+
+
+def needs_restart(old: ServerConfig, new: ServerConfig) -> list[str]:
+    return [key for key in RESTART_ONLY if getattr(old, key, None) != getattr(new, key, None)]
+
+
+def summary(old: DesiredState, new: DesiredState, old_server: ServerConfig | None,
+            new_server: ServerConfig) -> str:
+    parts = [str(c) for c in app_changes(old, new)]
+    if old_server is not None:
+        parts += [f"[server] {key} changed: needs a restart to apply" for key in needs_restart(old_server, new_server)]
+    return "; ".join(parts) if parts else "no changes"

@@ -1,0 +1,494 @@
+"""The master: one thread, one loop. Everything that happens only wakes it; every wake re-plans.
+
+    wait (selector: wake-up pipe for signals and the file watcher, worker event pipes, control socket)
+    -> note signals -> read worker events -> reap children -> read heartbeats -> reload the site file if needed
+    -> plan(desired, observed, now) -> execute the actions -> wait again
+
+Nothing in the loop blocks on a worker: retiring sends TERM and records a deadline; the plan kills the worker
+when the deadline has passed. The master never imports app code or gevent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from forkserve import backoff, process
+from forkserve.changes import summary
+from forkserve.channel import MasterEnd
+from forkserve.config.binds import BindAddress
+from forkserve.config.load import ConfigError, load_text
+from forkserve.config.models import SiteConfig
+from forkserve.plan import Action, CloseListener, Kill, OpenListener, Retire, Spawn, plan
+from forkserve.sockets import BindError, Listener, close_listener, open_listener, systemd_fds
+from forkserve.spec import AppSpec, DesiredState
+from forkserve.state import Backoff, Observed, Phase, WorkerView
+from forkserve.watch import SiteWatcher, signature
+
+TICK = 0.25  # seconds between timer wake-ups (deadlines, heartbeats, the file's stat signature)
+DEBOUNCE = 0.2  # seconds of quiet after a file event before the file is read
+BIND_RETRY = 5.0  # seconds before retrying a listener that failed to open after start-up
+MAX_SITE_BYTES = 1 << 20
+
+log = logging.getLogger("forkserve")
+
+
+class StartupError(Exception):
+    """forkserve up cannot start: nothing is left running."""
+
+
+@dataclass
+class WorkerRecord:
+    view: WorkerView
+    end: MasterEnd
+    spec: AppSpec
+    boot_error: str = ""
+    counters_requests: int = 0
+    in_flight: int = 0
+
+
+@dataclass
+class SiteFile:
+    """The last valid site file the master applied, and the outcome of the last attempt to read one."""
+
+    path: str
+    config: SiteConfig | None = None
+    digest: str = ""  # sha256 of the bytes applied
+    revision: str = ""
+    signature: tuple[int, int, int, int] | None = None
+    errors: tuple[str, ...] = ()  # diagnostics of the current (invalid) file; empty when it applied
+    last_result: str = ""
+    missing: bool = False
+
+
+class Master:
+    def __init__(self, site_path: str) -> None:
+        self.site = SiteFile(os.path.abspath(site_path))
+        self.desired = DesiredState()
+        self.workers: dict[int, WorkerRecord] = {}
+        self.listeners: dict[BindAddress, Listener] = {}
+        self.backoff: dict[tuple[str, str], Backoff] = {}
+        self.bind_retry_at: dict[BindAddress, float] = {}
+        self.bind_errors: dict[BindAddress, str] = {}
+        self.restarts: Counter[tuple[str, str]] = Counter()
+        self.converged: dict[str, str] = {}  # app -> revision it last fully converged to (for the log)
+        self.pending_signals: list[int] = []
+        self.reload_requested = False
+        self.file_event_at: float | None = None
+        self.selector = selectors.DefaultSelector()
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
+        self.inherited_fds = systemd_fds()
+        self.watcher: SiteWatcher | None = None
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+        self.on_loop: list[Callable[[float], None]] = []  # extra per-wake hooks (control plane, metrics)
+
+    # ---- start-up and shutdown ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the file, bind every listener, install signals. Raises StartupError leaving nothing open."""
+        data = self._read_site()
+        if data is None:
+            raise StartupError(f"{self.site.path}: cannot read the site file")
+        try:
+            config = load_text(data, self.site.path)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        setup_logging(config)
+        self._apply(config, data, explicit=True)
+        for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(var, None)  # for forkserve only: apps must not adopt these sockets again
+        now = time.monotonic()
+        for action in plan(self.desired, self.observed(), now):
+            if isinstance(action, OpenListener):
+                try:
+                    self._open(action, now, at_startup=True)
+                except BindError as exc:
+                    self.close_all_listeners()
+                    raise StartupError(f"app {action.app!r}: cannot bind {exc}") from None
+        self._install_signals()
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake_pipe)
+        self._write_pidfile()
+        if config.server.watch:
+            self.watcher = SiteWatcher(self.site.path, self.wake_w)
+            self.watcher.start()
+        log.info("forkserve master %d started for %s (site revision %s)", os.getpid(), self.site.path,
+                 self.site.revision)
+
+    def close_all_listeners(self) -> None:
+        for listener in self.listeners.values():
+            close_listener(listener)
+        self.listeners.clear()
+
+    def shutdown(self) -> None:
+        if self.watcher:
+            self.watcher.stop()
+        self.close_all_listeners()
+        pidfile = self.site.config.server.pidfile if self.site.config else None
+        if pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(pidfile)
+        log.info("forkserve master %d stopped", os.getpid())
+
+    def _write_pidfile(self) -> None:
+        pidfile = self.site.config.server.pidfile if self.site.config else None
+        if pidfile:
+            with open(pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        while True:
+            for key, _ in self.selector.select(TICK):
+                key.data()
+            now = time.monotonic()
+            self._handle_signals()
+            self._read_worker_events(now)
+            self._reap(now)
+            self._read_heartbeats()
+            self._maybe_reload(now)
+            self._clear_healthy_backoff(now)
+            self.execute(plan(self.desired, self.observed(), now), now)
+            self._log_convergence()
+            for hook in self.on_loop:
+                hook(now)
+            if self.desired.stopping and not self.workers:
+                return 0
+
+    def observed(self) -> Observed:
+        return Observed(
+            workers={pid: r.view for pid, r in self.workers.items()},
+            listeners=frozenset(self.listeners),
+            backoff=dict(self.backoff),
+            bind_retry_at=dict(self.bind_retry_at),
+        )
+
+    # ---- wake-ups ----------------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.pending_signals.append(signum)  # only note it: the loop acts
+
+    def _drain_wake_pipe(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while data := os.read(self.wake_r, 4096):
+                if b"w" in data:  # the file watcher (signal wake-ups write the signal number)
+                    self.file_event_at = time.monotonic()
+
+    def _handle_signals(self) -> None:
+        signals, self.pending_signals = self.pending_signals, []
+        for sig in signals:
+            if sig in (signal.SIGINT, signal.SIGQUIT) or (sig == signal.SIGTERM and self.desired.stopping):
+                self.request_stop(fast=True)
+            elif sig == signal.SIGTERM:
+                self.request_stop(fast=False)
+            elif sig == signal.SIGHUP:
+                self.reload_requested = True
+            elif sig == signal.SIGUSR1:
+                reopen_logs()
+                for pid in self.workers:
+                    process.send_signal(pid, signal.SIGUSR1)
+
+    def request_stop(self, fast: bool) -> None:
+        if self.desired.stopping and (self.desired.fast or not fast):
+            return
+        log.info("%s stop requested", "fast" if fast else "graceful")
+        self.desired = self.desired.stopped(fast=fast)
+
+    # ---- workers -----------------------------------------------------------------------------------------
+
+    def _read_worker_events(self, now: float) -> None:
+        for record in list(self.workers.values()):
+            self._events_of(record, now)
+
+    def _events_of(self, record: WorkerRecord, now: float) -> None:
+        if record.end.read_fd < 0:
+            return
+        events, closed = record.end.read_events()
+        for event in events:
+            kind = event.get("event")
+            if kind == "ready" and record.view.phase is Phase.BOOTING:
+                record.view = dataclasses.replace(record.view, phase=Phase.READY, ready_at=now, heartbeat=now)
+                log.debug("worker %d of %s ready", record.view.pid, record.view.app)
+            elif kind == "recycle":
+                record.view = dataclasses.replace(record.view, recycle=True)
+            elif kind == "boot_error":
+                record.boot_error = str(event.get("text", ""))
+        if closed:
+            self.selector.unregister(record.end.read_fd)
+            record.end.close()
+
+    def _reap(self, now: float) -> None:
+        for pid, status in process.reap():
+            record = self.workers.pop(pid, None)
+            if record is None:
+                continue
+            self._events_of(record, now)  # a boot error written just before exit
+            if record.end.read_fd >= 0:
+                self.selector.unregister(record.end.read_fd)
+                record.end.close()
+            self._after_exit(record, status, now)
+
+    def _after_exit(self, record: WorkerRecord, status: int, now: float) -> None:
+        view = record.view
+        if view.phase is Phase.DRAINING or (view.phase is Phase.KILLED and self.desired.stopping):
+            log.debug("worker %d of %s exited (%s)", view.pid, view.app, process.describe_exit(status))
+            return
+        how = process.describe_exit(status)
+        if view.ready_at is None:
+            error = record.boot_error.strip() or f"worker exited during boot ({how})"
+            log.error("app %s (revision %s): worker %d failed to boot (%s):\n%s", view.app, view.revision,
+                      view.pid, how, _indent(error))
+        else:
+            error = f"worker {view.pid} died ({how})"
+            if view.phase is not Phase.KILLED:
+                self.restarts[(view.app, "crash")] += 1
+                log.warning("app %s: worker %d died unexpectedly (%s); replacing it", view.app, view.pid, how)
+        if backoff.is_failure(view, now):
+            key = (view.app, view.revision)
+            self.backoff[key] = backoff.after_failure(self.backoff.get(key), now, error)
+            wait = self.backoff[key].retry_at - now
+            if self.backoff[key].failures > 1:
+                log.warning("app %s: %d failures in a row; next try in %.0fs", view.app, self.backoff[key].failures,
+                            wait)
+
+    def _read_heartbeats(self) -> None:
+        for record in self.workers.values():
+            counters = record.end.counters()
+            beat = counters.heartbeat_ns / 1e9
+            record.counters_requests = counters.requests
+            record.in_flight = counters.in_flight
+            if beat > record.view.heartbeat:
+                record.view = dataclasses.replace(record.view, heartbeat=beat)
+
+    def _clear_healthy_backoff(self, now: float) -> None:
+        for key in [k for k in self.backoff if any(
+            r.view.app == k[0] and r.view.revision == k[1] and backoff.healthy(r.view, now)
+            for r in self.workers.values()
+        )]:
+            del self.backoff[key]
+
+    # ---- executing a plan --------------------------------------------------------------------------------
+
+    def execute(self, actions: tuple[Action, ...], now: float) -> None:
+        for action in actions:
+            if isinstance(action, OpenListener):
+                with contextlib.suppress(BindError):
+                    self._open(action, now, at_startup=False)
+            elif isinstance(action, Spawn):
+                self._spawn(action, now)
+            elif isinstance(action, Retire):
+                self._retire(action, now)
+            elif isinstance(action, Kill):
+                self._kill(action, now)
+            elif isinstance(action, CloseListener):
+                listener = self.listeners.pop(action.bind)
+                close_listener(listener)
+                log.info("closed listener %s", listener.address)
+
+    def _open(self, action: OpenListener, now: float, at_startup: bool) -> None:
+        spec = self.desired.apps[action.app]
+        try:
+            listener = open_listener(action.bind, spec.backlog, spec.unix_socket_mode, self.inherited_fds)
+        except BindError as exc:
+            if not at_startup:
+                self.bind_errors[action.bind] = str(exc)
+                self.bind_retry_at[action.bind] = now + BIND_RETRY
+                log.error("app %s: cannot bind %s; retrying in %.0fs", action.app, exc, BIND_RETRY)
+            raise
+        self.listeners[action.bind] = listener
+        self.bind_errors.pop(action.bind, None)
+        self.bind_retry_at.pop(action.bind, None)
+        log.info("listening on %s (app %s)", listener.address, action.app)
+
+    def _spawn(self, action: Spawn, now: float) -> None:
+        spec = self.desired.apps[action.app]
+        if any(b not in self.listeners for b in spec.binds):
+            return  # a listener failed to open in this same plan; the plan retries after BIND_RETRY
+        try:
+            spawned = process.spawn(spec, [self.listeners[b].sock for b in spec.binds])
+        except OSError as exc:
+            key = (spec.name, spec.revision)
+            self.backoff[key] = backoff.after_failure(self.backoff.get(key), now, f"fork failed: {exc}")
+            log.error("app %s: fork failed: %s", spec.name, exc)
+            return
+        view = WorkerView(pid=spawned.pid, app=spec.name, revision=spec.revision, binds=frozenset(spec.binds),
+                          phase=Phase.BOOTING, started=now, heartbeat=now, timeout=spec.timeout,
+                          boot_timeout=spec.boot_timeout)
+        self.workers[spawned.pid] = WorkerRecord(view, spawned.end, spec)
+        self.selector.register(spawned.end.read_fd, selectors.EVENT_READ, lambda: None)
+        log.debug("spawned worker %d of %s (revision %s)", spawned.pid, spec.name, spec.revision)
+
+    def _retire(self, action: Retire, now: float) -> None:
+        record = self.workers[action.pid]
+        spec = self.desired.apps.get(record.view.app, record.spec)
+        record.view = dataclasses.replace(record.view, phase=Phase.DRAINING,
+                                          drain_deadline=now + spec.graceful_timeout)
+        if action.reason in ("rolled", "recycle"):
+            self.restarts[(record.view.app, "max_requests" if action.reason == "recycle" else "rolled")] += 1
+        process.send_signal(action.pid, signal.SIGTERM)
+        log.debug("retiring worker %d of %s (%s)", action.pid, record.view.app, action.reason)
+
+    def _kill(self, action: Kill, now: float) -> None:
+        record = self.workers[action.pid]
+        first = record.view.killed_at if record.view.phase is Phase.KILLED else now
+        record.view = dataclasses.replace(record.view, phase=Phase.KILLED, kill_signal=action.signal,
+                                          killed_at=first)
+        if action.reason in ("timeout", "boot_timeout"):
+            self.restarts[(record.view.app, action.reason)] += 1
+            limit = record.view.timeout if action.reason == "timeout" else record.view.boot_timeout
+            log.error("app %s: worker %d %s (%.0fs); sending %s", record.view.app, action.pid,
+                      "silent too long" if action.reason == "timeout" else "not ready in time", limit,
+                      signal.Signals(action.signal).name)
+        elif action.reason == "drain_timeout":
+            log.warning("app %s: worker %d still busy after graceful_timeout; killing it", record.view.app,
+                        action.pid)
+        process.send_signal(action.pid, action.signal)
+
+    def _log_convergence(self) -> None:
+        for name, spec in self.desired.apps.items():
+            mine = [r.view for r in self.workers.values() if r.view.app == name and r.view.live]
+            done = (len(mine) == spec.workers and all(w.phase is Phase.READY and w.revision == spec.revision
+                                                      for w in mine))
+            if done and self.converged.get(name) != f"{spec.revision}/{spec.workers}":
+                self.converged[name] = f"{spec.revision}/{spec.workers}"
+                log.info("app %s: %d/%d workers ready (revision %s)", name, len(mine), spec.workers, spec.revision)
+
+    # ---- the site file -----------------------------------------------------------------------------------
+
+    def _read_site(self) -> bytes | None:
+        try:
+            with open(self.site.path, "rb") as f:
+                return f.read(MAX_SITE_BYTES + 1)
+        except OSError:
+            return None
+
+    def _maybe_reload(self, now: float) -> None:
+        if self.desired.stopping:
+            return
+        explicit, self.reload_requested = self.reload_requested, False
+        changed = signature(self.site.path) != self.site.signature
+        if changed and self.file_event_at is None:
+            self.file_event_at = now  # seen by the timer's stat check: debounce like a watcher event
+        if not explicit and (self.file_event_at is None or now - self.file_event_at < DEBOUNCE):
+            return
+        self.file_event_at = None
+        self.reload(explicit)
+
+    def reload(self, explicit: bool) -> str:
+        """Re-read the site file and apply it if valid. Returns the result line (also logged)."""
+        sig = signature(self.site.path)
+        data = self._read_site()
+        if data is None:
+            self.site.signature = sig
+            if not self.site.missing:
+                log.warning("site file %s is gone or unreadable; the running site (revision %s) keeps running",
+                            self.site.path, self.site.revision)
+            self.site.missing = True
+            self.site.last_result = "site file missing: keeping the running site"
+            return self.site.last_result
+        self.site.missing = False
+        digest = hashlib.sha256(data).hexdigest()
+        self.site.signature = sig
+        if digest == self.site.digest and not explicit:
+            if self.site.errors:  # back to the content that is running: the error is gone
+                self.site.errors = ()
+                self.site.last_result = f"site file is back to revision {self.site.revision}: no changes"
+                log.info("%s", self.site.last_result)
+            return "unchanged"
+        try:
+            config = load_text(data, self.site.path)
+        except ConfigError as exc:
+            self.site.errors = tuple(d.format() for d in exc.diagnostics)
+            self.site.last_result = f"invalid: {len(exc.diagnostics)} problem(s); still running revision " \
+                                    f"{self.site.revision}"
+            log.error("site file is invalid; nothing changed, revision %s keeps running:\n%s", self.site.revision,
+                      _indent(str(exc)))
+            return self.site.last_result
+        if explicit:
+            self.backoff.clear()  # the operator asked: try broken apps again now
+        return self._apply(config, data, explicit)
+
+    def _apply(self, config: SiteConfig, data: bytes, explicit: bool) -> str:
+        new = DesiredState.from_config(config)
+        old_server = self.site.config.server if self.site.config else None
+        text = summary(self.desired, new, old_server, config.server)
+        first = self.site.config is None
+        if old_server is not None:  # settings the master cannot change live stay as they were
+            config = config.model_copy(update={"server": config.server.model_copy(update={
+                k: getattr(old_server, k) for k in ("control_socket", "pidfile", "error_log", "watch")})})
+        self.site.config = config
+        self.site.digest = hashlib.sha256(data).hexdigest()
+        self.site.errors = ()
+        self.site.revision = new.revision
+        self.desired = new
+        self.site.last_result = f"site revision {new.revision} applied: {text}"
+        if not first:
+            log.info("%s", self.site.last_result)
+        return self.site.last_result
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+_log_handler: logging.Handler | None = None
+
+
+def setup_logging(config: SiteConfig) -> None:
+    global _log_handler
+    target = config.server.error_log
+    handler: logging.Handler = (logging.StreamHandler(sys.stderr) if target == "-"
+                                else logging.FileHandler(target, encoding="utf-8"))
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(message)s",
+                                           "%Y-%m-%d %H:%M:%S %z"))
+    root = logging.getLogger("forkserve")
+    if _log_handler is not None:
+        root.removeHandler(_log_handler)
+        _log_handler.close()
+    root.addHandler(handler)
+    root.setLevel(config.server.log_level.upper())
+    root.propagate = False
+    _log_handler = handler
+
+
+def reopen_logs() -> None:
+    """SIGUSR1: log rotation moved our file away; open the path again."""
+    if isinstance(_log_handler, logging.FileHandler):
+        _log_handler.acquire()
+        try:
+            _log_handler.close()
+            _log_handler.stream = _log_handler._open()
+        finally:
+            _log_handler.release()
+
+
+def run_site(site_path: str) -> int:
+    """`forkserve up SITE`: exit 0 after a stop, 3 when the site cannot start."""
+    master = Master(site_path)
+    try:
+        master.start()
+    except StartupError as exc:
+        print(f"forkserve: cannot start: {exc}", file=sys.stderr)
+        return 3
+    try:
+        return master.run()
+    finally:
+        master.shutdown()

@@ -1,0 +1,172 @@
+"""plan(desired, observed, now) -> actions: the whole of forkserve's decision making. Pure.
+
+Theory of operation
+-------------------
+The master wakes up for any reason (a signal, a worker event, a file change, a timer), rebuilds `Observed` and
+asks `plan()` what to do. Nothing here remembers the last call: the answer depends only on the desired state,
+the observed state and the time (level-triggered). Applying the answer and asking again yields nothing new.
+
+Per app, workers split into *current* (live, the desired revision, not asking to be recycled) and *outdated*
+(live, another revision, or asking to be recycled by max_requests):
+- no outdated workers: **scale** — spawn or retire exactly the difference; no other worker is touched;
+- outdated workers: **roll** — spawn current workers while the live total stays within `workers + max_surge`;
+  retire a ready outdated worker only while the ready count stays at or above `workers - max_unavailable`;
+  outdated workers that are not ready serve nothing and go at once. New workers that cannot boot are held back
+  by the backoff, so the outdated ones keep serving.
+Liveness is decided here too: a booting worker past `boot_timeout`, a ready one silent for `timeout` (SIGABRT,
+then SIGKILL), a draining one past its deadline. Listeners open before the workers that use them spawn (same
+plan, earlier action), and close only after no desired app names them and no worker holds them.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+from forkserve.config.binds import BindAddress
+from forkserve.spec import AppSpec, DesiredState
+from forkserve.state import Observed, Phase, WorkerView
+
+KILL_GRACE = 3.0  # seconds between SIGABRT/SIGQUIT and SIGKILL
+
+
+@dataclass(frozen=True)
+class OpenListener:
+    bind: BindAddress
+    app: str  # the first desired app that names it: its backlog and unix mode apply
+
+
+@dataclass(frozen=True)
+class CloseListener:
+    bind: BindAddress
+
+
+@dataclass(frozen=True)
+class Spawn:
+    app: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class Retire:
+    """Graceful: SIGTERM, the worker finishes in-flight requests; killed at now + graceful_timeout."""
+
+    pid: int
+    reason: str  # "scale", "rolled", "recycle", "removed", "stop"
+
+
+@dataclass(frozen=True)
+class Kill:
+    pid: int
+    signal: int
+    reason: str  # "timeout", "boot_timeout", "drain_timeout", "escalate", "fast_stop"
+
+
+Action = OpenListener | CloseListener | Spawn | Retire | Kill
+
+
+def plan(desired: DesiredState, observed: Observed, now: float) -> tuple[Action, ...]:
+    opening = _listeners_to_open(desired, observed, now)
+    available = observed.listeners | {a.bind for a in opening}
+    kills = _liveness(observed, now)
+    if desired.stopping:
+        kills += _stop(observed, desired.fast, {k.pid for k in kills})
+    gone = {k.pid for k in kills}  # killed in this plan: no longer counted, replaced right away
+    actions: list[Action] = [*opening, *kills]
+    for name in sorted({*desired.apps, *(w.app for w in observed.workers.values())}):
+        spec = desired.apps.get(name)
+        workers = [w for w in observed.of_app(name) if w.live and w.pid not in gone]
+        if spec is None:
+            actions += [Retire(w.pid, "stop" if desired.stopping else "removed") for w in workers]
+        else:
+            actions += _app(spec, workers, observed, available, now)
+    actions += _listeners_to_close(desired, observed)
+    return tuple(actions)
+
+
+def _listeners_to_open(desired: DesiredState, observed: Observed, now: float) -> list[OpenListener]:
+    wanted: dict[BindAddress, str] = {}
+    for spec in desired.apps.values():
+        for bind in spec.binds:
+            wanted.setdefault(bind, spec.name)
+    return [
+        OpenListener(bind, app)
+        for bind, app in sorted(wanted.items())
+        if bind not in observed.listeners and observed.bind_retry_at.get(bind, 0.0) <= now
+    ]
+
+
+def _app(spec: AppSpec, live: list[WorkerView], observed: Observed, available: frozenset[BindAddress],
+         now: float) -> list[Action]:
+    current = [w for w in live if w.revision == spec.revision and not w.recycle]
+    outdated = [w for w in live if w.revision != spec.revision or w.recycle]
+    backoff = observed.backoff.get((spec.name, spec.revision))
+    may_spawn = all(b in available for b in spec.binds) and (backoff is None or backoff.retry_at <= now)
+    if not outdated:
+        return _scale(spec, current, may_spawn)
+    return _roll(spec, current, outdated, may_spawn)
+
+
+def _scale(spec: AppSpec, current: list[WorkerView], may_spawn: bool) -> list[Action]:
+    missing = spec.workers - len(current)
+    if missing > 0:
+        return [Spawn(spec.name, spec.revision)] * missing if may_spawn else []
+    return [Retire(w.pid, "scale") for w in _surplus_first(current)[:-missing]]
+
+
+def _surplus_first(workers: list[WorkerView]) -> list[WorkerView]:
+    """Who goes first when there are too many: those not serving yet (newest first), then the oldest."""
+    return sorted(workers, key=lambda w: (w.phase is Phase.READY, -w.started if w.ready_at is None else w.started))
+
+
+def _roll(spec: AppSpec, current: list[WorkerView], outdated: list[WorkerView], may_spawn: bool) -> list[Action]:
+    actions: list[Action] = []
+    room = spec.workers + spec.max_surge - len(current) - len(outdated)
+    wanted = min(spec.workers - len(current), room)
+    if may_spawn and wanted > 0:
+        actions += [Spawn(spec.name, spec.revision)] * wanted
+    unready_old = [w for w in outdated if w.phase is not Phase.READY]
+    ready_old = sorted((w for w in outdated if w.phase is Phase.READY), key=lambda w: w.started)
+    ready_now = sum(w.phase is Phase.READY for w in current) + len(ready_old)
+    floor = spec.workers - spec.max_unavailable
+    retire = max(0, min(len(ready_old), ready_now - floor))
+    actions += [Retire(w.pid, _why(w)) for w in unready_old + ready_old[:retire]]
+    if len(current) > spec.workers:  # scaled down while rolling: trim the current revision too
+        actions += [Retire(w.pid, "scale") for w in _surplus_first(current)[: len(current) - spec.workers]]
+    return actions
+
+
+def _why(worker: WorkerView) -> str:
+    return "recycle" if worker.recycle else "rolled"
+
+
+def _stop(observed: Observed, fast: bool, already: set[int]) -> list[Kill]:
+    """Fast stop: QUIT every worker not already on its way out by a kill (escalated to KILL by _liveness).
+    A graceful stop needs nothing here: with no desired apps, every live worker is retired below."""
+    if not fast:
+        return []
+    return [Kill(w.pid, signal.SIGQUIT, "fast_stop") for w in observed.workers.values()
+            if w.phase is not Phase.KILLED and w.pid not in already]
+
+
+def _liveness(observed: Observed, now: float) -> list[Kill]:
+    actions: list[Kill] = []
+    for w in observed.workers.values():
+        if w.phase is Phase.KILLED:
+            if w.kill_signal != signal.SIGKILL and now - (w.killed_at or now) >= KILL_GRACE:
+                actions.append(Kill(w.pid, signal.SIGKILL, "escalate"))
+        elif w.phase is Phase.DRAINING:
+            if w.drain_deadline is not None and now >= w.drain_deadline:
+                actions.append(Kill(w.pid, signal.SIGKILL, "drain_timeout"))
+        elif w.phase is Phase.BOOTING:
+            if now - w.started >= w.boot_timeout:
+                actions.append(Kill(w.pid, signal.SIGKILL, "boot_timeout"))
+        elif now - w.heartbeat >= w.timeout:
+            actions.append(Kill(w.pid, signal.SIGABRT, "timeout"))
+    return actions
+
+
+def _listeners_to_close(desired: DesiredState, observed: Observed) -> list[Action]:
+    wanted = {b for spec in desired.apps.values() for b in spec.binds}
+    held = {b for w in observed.workers.values() for b in w.binds}
+    return [CloseListener(b) for b in sorted(observed.listeners) if b not in wanted and b not in held]

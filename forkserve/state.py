@@ -1,0 +1,65 @@
+"""Observed state: what the master knows is running, as frozen values. Pure.
+
+The master keeps these records up to date from SIGCHLD, worker events and the shared counters, and hands a
+snapshot to `plan()` on every wake-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from forkserve.config.binds import BindAddress
+
+
+class Phase(str, Enum):
+    BOOTING = "booting"  # forked, importing the app; not accepting yet
+    READY = "ready"  # accepting connections
+    DRAINING = "draining"  # sent TERM: finishing in-flight requests, accepts nothing new
+    KILLED = "killed"  # sent a kill signal; waiting to be reaped
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    pid: int
+    app: str
+    revision: str
+    binds: frozenset[BindAddress]
+    phase: Phase
+    started: float  # monotonic seconds
+    heartbeat: float  # monotonic seconds of the last sign of life
+    timeout: float
+    boot_timeout: float
+    ready_at: float | None = None
+    recycle: bool = False  # asked to be replaced (max_requests)
+    drain_deadline: float | None = None  # DRAINING: killed after this
+    kill_signal: int | None = None  # KILLED: the last signal sent
+    killed_at: float | None = None
+
+    @property
+    def live(self) -> bool:
+        """Counts toward the app's workers (not on its way out)."""
+        return self.phase in (Phase.BOOTING, Phase.READY)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Crash-loop state of one (app, revision): no spawn before `retry_at`."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Observed:
+    workers: dict[int, WorkerView] = field(default_factory=dict)
+    listeners: frozenset[BindAddress] = frozenset()
+    backoff: dict[tuple[str, str], Backoff] = field(default_factory=dict)  # (app, revision) -> state
+    bind_retry_at: dict[BindAddress, float] = field(default_factory=dict)  # failed binds: next attempt
+
+    def of_app(self, app: str) -> list[WorkerView]:
+        return [w for w in self.workers.values() if w.app == app]

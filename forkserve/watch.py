@@ -1,0 +1,61 @@
+"""Wake the master when the site file may have changed. The watcher thread decides nothing.
+
+watchdog observes the *directory* that holds the site file, so every way a file gets replaced is seen: editors
+that save by rename (vim), in-place rewrites, and Kubernetes ConfigMaps, where the file is a symlink through a
+`..data` link swapped atomically. Any event in that directory writes one byte to the master's wake-up pipe; the
+master then compares the file's content with what it applied (level-triggered), so an identical rewrite or a
+`touch` changes nothing and a burst of events converges on the final content. The master also checks the file's
+stat signature on its timer, in case a file system does not deliver inotify events (NFS, some overlay mounts).
+
+The thread only calls os.write on a non-blocking pipe: it takes no lock the master's forked children could
+inherit in a locked state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, wake_fd: int) -> None:
+        self._fd = wake_fd
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        with contextlib.suppress(OSError):  # pipe full: a wake-up is already pending, which is all we need
+            os.write(self._fd, b"w")
+
+
+class SiteWatcher:
+    def __init__(self, site_path: str, wake_fd: int) -> None:
+        self._dir = str(Path(site_path).absolute().parent)
+        self._wake_fd = wake_fd
+        self._observer: Any = None
+
+    def start(self) -> None:
+        from watchdog.observers import Observer
+
+        observer = Observer()
+        observer.daemon = True
+        observer.schedule(_Wake(self._wake_fd), self._dir, recursive=False)
+        observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None
+
+
+def signature(path: str) -> tuple[int, int, int, int] | None:
+    """What `stat` says about the file behind the path (symlinks followed); None when it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
