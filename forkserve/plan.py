@@ -120,17 +120,17 @@ def _surplus_first(workers: list[WorkerView]) -> list[WorkerView]:
 
 
 def _roll(spec: AppSpec, current: list[WorkerView], outdated: list[WorkerView], may_spawn: bool) -> list[Action]:
-    actions: list[Action] = []
-    room = spec.workers + spec.max_surge - len(current) - len(outdated)
-    wanted = min(spec.workers - len(current), room)
-    if may_spawn and wanted > 0:
-        actions += [Spawn(spec.name, spec.revision)] * wanted
     unready_old = [w for w in outdated if w.phase is not Phase.READY]
     ready_old = sorted((w for w in outdated if w.phase is Phase.READY), key=lambda w: w.started)
     ready_now = sum(w.phase is Phase.READY for w in current) + len(ready_old)
     floor = spec.workers - spec.max_unavailable
-    retire = max(0, min(len(ready_old), ready_now - floor))
-    actions += [Retire(w.pid, _why(w)) for w in unready_old + ready_old[:retire]]
+    leaving = unready_old + ready_old[: max(0, min(len(ready_old), ready_now - floor))]
+    actions: list[Action] = [Retire(w.pid, _why(w)) for w in leaving]
+    # Room is counted after this plan's retirements, so that applying the plan and planning again adds nothing.
+    room = spec.workers + spec.max_surge - len(current) - (len(outdated) - len(leaving))
+    wanted = min(spec.workers - len(current), room)
+    if may_spawn and wanted > 0:
+        actions += [Spawn(spec.name, spec.revision)] * wanted
     if len(current) > spec.workers:  # scaled down while rolling: trim the current revision too
         actions += [Retire(w.pid, "scale") for w in _surplus_first(current)[: len(current) - spec.workers]]
     return actions
