@@ -248,8 +248,8 @@ def test_a_roll_never_drops_below_the_ready_floor_and_converges(
             if w.phase is Phase.BOOTING:
                 if next(outcomes, True):
                     moved[w.pid] = dataclasses.replace(w, phase=Phase.READY, ready_at=now)
-            elif w.phase not in (Phase.DRAINING, Phase.KILLED):
-                moved[w.pid] = w
+            elif w.phase is Phase.READY:
+                moved[w.pid] = dataclasses.replace(w, heartbeat=now)  # healthy workers keep beating
         obs = dataclasses.replace(obs, workers=moved)
         now += 1
         live = [w for w in obs.workers.values() if w.live]
