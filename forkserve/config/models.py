@@ -13,15 +13,29 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from forkserve.config.binds import BindAddress, canonical_bind, parse_bind
 
 __all__ = ["APP_NAME_RE", "AppConfig", "BindAddress", "ServerConfig", "SiteConfig", "parse_bind"]
 
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
+MODULE_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$"
+)
 RATIO_RE = re.compile(r"^(100|[1-9]?[0-9])%$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Seconds = Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -36,6 +50,25 @@ def _resolve(path: str, info: ValidationInfo) -> str:
     if base and not os.path.isabs(path):
         return os.path.normpath(os.path.join(base, path))
     return path
+
+
+def _bind_item(v: str, info: ValidationInfo) -> str:
+    """Canonical spelling of one bind (unix paths made absolute), so equal binds compare equal."""
+    canon = canonical_bind(v)
+    if canon.startswith("unix:"):
+        canon = "unix:" + _resolve(canon[5:], info)
+    return canon
+
+
+def _at(key: str, message: str) -> PydanticCustomError:
+    """A cross-field error that names the key it belongs to (`ctx["at"]`), so the loader can locate it there."""
+    return PydanticCustomError("cross_field", message, {"at": key})
+
+
+# Each item is checked on its own, so a bad bind is reported at `binds[i]`, not at the whole list.
+BindStr = Annotated[StrictStr, AfterValidator(_bind_item)]
+AppName = Annotated[str, StringConstraints(pattern=APP_NAME_RE.pattern)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE.pattern)]
 
 
 class ServerConfig(BaseModel):
@@ -88,7 +121,7 @@ class AppConfig(BaseModel):
         description='The WSGI callable as "dotted.module:attribute" (identifiers only; no calls, no private names).',
         pattern=MODULE_RE.pattern,
     )
-    binds: tuple[StrictStr, ...] = Field(
+    binds: tuple[BindStr, ...] = Field(
         min_length=1,
         strict=False,  # a list in the file; items stay strict strings
         description='Where to listen: "HOST:PORT", "tcp://HOST:PORT", "[IPv6]:PORT", "unix:PATH" or "fd://N". '
@@ -124,8 +157,10 @@ class AppConfig(BaseModel):
         "0660", pattern=r"^0?[0-7]{3}$", description='Permissions of unix sockets this app binds, octal ("0660").'
     )
     chdir: str | None = Field(None, description="Directory the workers change to before importing the app.")
-    pythonpath: tuple[StrictStr, ...] = Field((), strict=False, description="Directories prepended to sys.path in the workers.")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment variables set in the workers.")
+    pythonpath: tuple[StrictStr, ...] = Field(
+        (), strict=False, description="Directories prepended to sys.path in the workers."
+    )
+    env: dict[EnvName, str] = Field(default_factory=dict, description="Environment variables set in the workers.")
     limit_request_line: int = Field(
         4094, ge=0, le=8190, description="Longest request line in bytes (0: the maximum, 8190); longer gets 414."
     )
@@ -135,17 +170,6 @@ class AppConfig(BaseModel):
     limit_request_field_size: int = Field(
         8190, ge=0, le=65536, description="Largest header field in bytes (0: the maximum, 65536); larger gets 431."
     )
-
-    @field_validator("binds")
-    @classmethod
-    def _binds(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        out = []
-        for item in v:
-            canon = canonical_bind(item)
-            if canon.startswith("unix:"):
-                canon = "unix:" + _resolve(canon[5:], info)
-            out.append(canon)
-        return tuple(out)
 
     @field_validator("chdir")
     @classmethod
@@ -166,20 +190,14 @@ class AppConfig(BaseModel):
             return v
         raise ValueError('must be a count from 0 to 1024 or a percentage like "25%"')
 
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-                raise ValueError(f"environment variable name {key!r} is not a valid name")
-        return v
-
     @model_validator(mode="after")
     def _cross_fields(self) -> AppConfig:
         if self.worker_class != "gevent" and "worker_connections" in self.model_fields_set:
-            raise ValueError('worker_connections applies only to worker_class = "gevent"')
+            raise _at("worker_connections", 'worker_connections applies only to worker_class = "gevent"; '
+                      f'this app has worker_class = "{self.worker_class}"')
         if self.max_surge in (0, "0%") and self.max_unavailable in (0, "0%"):
-            raise ValueError("max_surge and max_unavailable cannot both be 0: a rolling change could never proceed")
+            key = "max_unavailable" if "max_unavailable" in self.model_fields_set else "max_surge"
+            raise _at(key, "max_surge and max_unavailable cannot both be 0: a rolling change could never proceed")
         return self
 
 
@@ -189,12 +207,7 @@ class SiteConfig(BaseModel):
     model_config = _STRICT
 
     server: ServerConfig = Field(default_factory=ServerConfig, description="Master settings.")
-    apps: dict[str, AppConfig] = Field(min_length=1, description="The WSGI apps of the site, by name.")
-
-    @field_validator("apps")
-    @classmethod
-    def _app_names(cls, v: dict[str, AppConfig]) -> dict[str, AppConfig]:
-        for name in v:
-            if not APP_NAME_RE.match(name):
-                raise ValueError(f"app name {name!r} must match {APP_NAME_RE.pattern}")
-        return v
+    apps: dict[AppName, AppConfig] = Field(
+        min_length=1, description="The WSGI apps of the site, by name (lowercase letter first, then up to 62 of "
+        "a-z, 0-9, _ and -)."
+    )

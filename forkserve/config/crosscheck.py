@@ -1,0 +1,92 @@
+"""Site-wide checks that no single model can make: two apps on one socket, a unix path used twice or equal to
+the control socket, gevent-only keys on a sync app.
+
+They run on the raw data (not the validated model), so they are reported in the same run as every other
+problem even when some app is invalid; each finding names the key it belongs to. Pure apart from reading the
+environment for the default control socket path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from forkserve.config.binds import BindAddress, binds_overlap, parse_bind
+from forkserve.config.paths import default_control_socket
+from forkserve.config.source import KeyPath, format_path
+
+GEVENT_ONLY = ("worker_connections",)
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+def _binds(data: dict[str, Any], base_dir: str) -> Iterator[tuple[KeyPath, str, BindAddress]]:
+    """Every bind that parses, with its key path and spelling; unix paths made absolute."""
+    apps = data.get("apps")
+    if not isinstance(apps, dict):
+        return
+    for name, app in apps.items():
+        binds = app.get("binds") if isinstance(app, dict) else None
+        if not isinstance(binds, list):
+            continue
+        for index, text in enumerate(binds):
+            try:
+                bind = parse_bind(text)
+            except (ValueError, TypeError):
+                continue  # reported by the model
+            if bind.kind == "unix":
+                bind = BindAddress("unix", path=_resolve(bind.path, base_dir))
+            yield ("apps", name, "binds", index), text, bind
+
+
+def _control_socket(data: dict[str, Any], site_path: str, base_dir: str) -> str:
+    server = data.get("server")
+    value = server.get("control_socket") if isinstance(server, dict) else None
+    if isinstance(value, str) and value:
+        return _resolve(value, base_dir)
+    return default_control_socket(site_path)
+
+
+def _shared_binds(data: dict[str, Any], base_dir: str) -> Iterator[tuple[KeyPath, str]]:
+    seen: list[tuple[KeyPath, str, BindAddress]] = []
+    for path, text, bind in _binds(data, base_dir):
+        for other_path, other_text, other in seen:
+            if binds_overlap(bind, other):
+                owner = "this app" if other_path[1] == path[1] else f"app `{other_path[1]}`"
+                what = "is the same socket as" if bind == other else "overlaps"
+                yield path, (f'"{text}" {what} "{other_text}" of {owner} ({format_path(other_path)}); '
+                             "one socket cannot be bound twice")
+                break
+        seen.append((path, text, bind))
+
+
+def _control_clash(data: dict[str, Any], site_path: str, base_dir: str) -> Iterator[tuple[KeyPath, str]]:
+    control = _control_socket(data, site_path, base_dir)
+    for path, text, bind in _binds(data, base_dir):
+        if bind.kind == "unix" and bind.path == control:
+            yield path, f'"{text}" is the control socket of this site ({control}); choose another path'
+
+
+def _gevent_only(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
+    apps = data.get("apps")
+    for name, app in (apps.items() if isinstance(apps, dict) else ()):
+        if not isinstance(app, dict) or app.get("worker_class", "sync") != "sync":
+            continue
+        for key in GEVENT_ONLY:
+            if key in app:
+                yield ("apps", name, key), (f'{key} applies only to worker_class = "gevent"; this app has '
+                                            'worker_class = "sync"')
+
+
+def cross_check(data: Any, site_path: str, base_dir: str) -> list[tuple[KeyPath, str]]:
+    """Every site-wide problem as (key path, message)."""
+    if not isinstance(data, dict):
+        return []
+    return [
+        *_shared_binds(data, base_dir),
+        *_control_clash(data, site_path, base_dir),
+        *_gevent_only(data),
+    ]

@@ -1,0 +1,432 @@
+"""Site file text -> plain data plus the position of every key. Pure: no file access, no imports of config code.
+
+Why not just `tomllib.loads` / `yaml.safe_load`: neither says where a key is, and PyYAML (YAML 1.1) silently turns
+`no` into false, `010` into 8, `1:30` into 90, keeps the last of two duplicate keys and expands alias bombs.
+A site file must be exact, so:
+
+- TOML: tomllib parses (and reports syntax errors with a line); a small scanner of the already-valid text then
+  records where each key, table header and array item starts.
+- YAML: PyYAML composes nodes (which carry marks) and we build the data ourselves with strict YAML 1.2-like
+  rules: anchors, aliases and explicit tags are refused, duplicate keys are refused, and plain scalars that
+  YAML 1.1 would read surprisingly are refused with a hint instead of converted.
+
+A refused value is kept as its raw text in `data` and reported in `Source.problems`; the loader does not report
+the same path again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+KeyPath = tuple[str | int, ...]
+Position = tuple[int, int]  # 1-based line and column
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in the text itself (as opposed to a value the models reject)."""
+
+    path: KeyPath
+    line: int | None
+    col: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Source:
+    data: Any
+    positions: dict[KeyPath, Position] = field(default_factory=dict)
+    problems: tuple[Problem, ...] = ()
+
+
+class SourceError(Exception):
+    """The text cannot be read as the format at all (a syntax error): one located problem."""
+
+    def __init__(self, message: str, line: int | None = None, col: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.col = col
+
+
+_BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def format_path(path: KeyPath) -> str:
+    """`("apps", "api", "binds", 1)` -> `apps.api.binds[1]`; odd keys are quoted as TOML would."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        text = part if _BARE_KEY_RE.match(part) else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        out += f".{text}" if out else text
+    return out
+
+
+def locate(positions: dict[KeyPath, Position], path: KeyPath) -> Position | None:
+    """Position of `path`, or of its nearest ancestor that the file spells out (a missing key -> its table)."""
+    for end in range(len(path), 0, -1):
+        found = positions.get(path[:end])
+        if found:
+            return found
+    return None
+
+
+def parse(text: str, fmt: str) -> Source:
+    return parse_toml(text) if fmt == "toml" else parse_yaml(text)
+
+
+# --- TOML -------------------------------------------------------------------------------------------------------
+
+_TOML_AT_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def parse_toml(text: str) -> Source:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = _TOML_AT_RE.search(message)
+        if match:
+            raise SourceError(message[: match.start()], int(match[1]), int(match[2])) from None
+        last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
+        raise SourceError(message.replace(" (at end of document)", " at the end of the file"), last_line) from None
+    try:
+        positions = _TomlScanner(text).scan()
+    except (IndexError, ValueError, tomllib.TOMLDecodeError):  # pragma: no cover - the scanner is a best effort
+        positions = {}
+    return Source(data, positions)
+
+
+class _TomlScanner:
+    """Walks text that tomllib already accepted and records where keys and array items start."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.i = 0
+        self.positions: dict[KeyPath, Position] = {}
+        self.aot: dict[KeyPath, int] = {}  # arrays of tables: current index per path
+        self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def pos(self, i: int) -> Position:
+        line = bisect.bisect_right(self.line_starts, i)
+        return line, i - self.line_starts[line - 1] + 1
+
+    def scan(self) -> dict[KeyPath, Position]:
+        table: KeyPath = ()
+        while True:
+            self.skip(newlines=True)
+            if self.i >= len(self.text):
+                return self.positions
+            if self.text[self.i] == "[":
+                table = self.header()
+            else:
+                self.key_value(table)
+
+    def peek(self) -> str:
+        return self.text[self.i] if self.i < len(self.text) else ""
+
+    def skip(self, newlines: bool) -> None:
+        while self.i < len(self.text):
+            c = self.text[self.i]
+            if c == "#":
+                end = self.text.find("\n", self.i)
+                self.i = len(self.text) if end < 0 else end
+            elif c in " \t\r" or (newlines and c == "\n"):
+                self.i += 1
+            else:
+                return
+
+    def header(self) -> KeyPath:
+        is_aot = self.text.startswith("[[", self.i)
+        self.i += 2 if is_aot else 1
+        parts = self.key()
+        self.i += 2 if is_aot else 1
+        path: KeyPath = ()
+        for n, (name, at) in enumerate(parts):
+            path = (*path, name)
+            self.positions.setdefault(path, at)
+            if path in self.aot and not (is_aot and n == len(parts) - 1):
+                path = (*path, self.aot[path])  # [a.b] after [[a]] means the last element of a
+        if is_aot:
+            index = self.aot.get(path, -1) + 1
+            self.aot[path] = index
+            path = (*path, index)
+            self.positions[path] = parts[-1][1]
+        return path
+
+    def key(self) -> list[tuple[str, Position]]:
+        parts = []
+        while True:
+            self.skip(newlines=False)
+            at = self.pos(self.i)
+            parts.append((self.key_part(), at))
+            self.skip(newlines=False)
+            if self.peek() != ".":
+                return parts
+            self.i += 1
+
+    def key_part(self) -> str:
+        c = self.peek()
+        if c in "\"'":
+            start = self.i
+            self.string()
+            return tomllib.loads("k = " + self.text[start : self.i])["k"]
+        start = self.i
+        while self.i < len(self.text) and (self.text[self.i].isalnum() or self.text[self.i] in "_-"):
+            self.i += 1
+        return self.text[start : self.i]
+
+    def key_value(self, table: KeyPath) -> None:
+        path = table
+        for name, at in self.key():
+            path = (*path, name)
+            self.positions.setdefault(path, at)
+        self.i += 1  # "="
+        self.skip(newlines=False)
+        self.value(path)
+
+    def value(self, path: KeyPath) -> None:
+        c = self.peek()
+        if c in "\"'":
+            self.string()
+        elif c == "[":
+            self.array(path)
+        elif c == "{":
+            self.inline_table(path)
+        else:
+            while self.i < len(self.text) and self.text[self.i] not in ",]}\n#":
+                self.i += 1
+
+    def string(self) -> None:
+        quote = self.text[self.i]
+        if self.text.startswith(quote * 3, self.i):
+            self.i += 3
+            while not self.text.startswith(quote * 3, self.i):
+                self.i += 2 if quote == '"' and self.text[self.i] == "\\" else 1
+            self.i += 3
+            while self.peek() == quote:  # up to two quotes may end the content
+                self.i += 1
+            return
+        self.i += 1
+        while self.text[self.i] != quote:
+            self.i += 2 if quote == '"' and self.text[self.i] == "\\" else 1
+        self.i += 1
+
+    def array(self, path: KeyPath) -> None:
+        self.i += 1
+        index = 0
+        while True:
+            self.skip(newlines=True)
+            if self.peek() == "]":
+                self.i += 1
+                return
+            self.positions[(*path, index)] = self.pos(self.i)
+            self.value((*path, index))
+            index += 1
+            self.skip(newlines=True)
+            if self.peek() == ",":
+                self.i += 1
+
+    def inline_table(self, path: KeyPath) -> None:
+        self.i += 1
+        while True:
+            self.skip(newlines=True)
+            if self.peek() == "}":
+                self.i += 1
+                return
+            self.key_value(path)
+            self.skip(newlines=True)
+            if self.peek() == ",":
+                self.i += 1
+
+
+# --- YAML -------------------------------------------------------------------------------------------------------
+
+
+class _StrictComposer(yaml.SafeLoader):
+    """Refuses anchors, aliases and explicit tags while composing, before anything could be expanded."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        mark = event.start_mark
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise SourceError(
+                "anchors and aliases (&name, *name) are not allowed in a site file; write the value out "
+                "(a value starting with * or & must be quoted)", mark.line + 1, mark.column + 1,
+            )
+        tag = getattr(event, "tag", None)
+        if tag is not None:
+            raise SourceError(f"explicit tags ({tag}) are not allowed in a site file", mark.line + 1, mark.column + 1)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Source:
+    loader = _StrictComposer(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_syntax(exc) from None
+    except yaml.YAMLError as exc:
+        raise SourceError(f"YAML syntax error: {exc}") from None
+    finally:
+        loader.dispose()
+    builder = _YamlBuilder()
+    data = None if node is None else builder.build(node, ())
+    return Source(data, builder.positions, tuple(builder.problems))
+
+
+def _yaml_syntax(exc: yaml.MarkedYAMLError) -> SourceError:
+    mark = exc.problem_mark or exc.context_mark
+    words = " ".join(part for part in (exc.context, exc.problem) if part)
+    line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    return SourceError(f"YAML syntax error: {words or exc}", line, col)
+
+
+_INT_RE = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
+_FLOAT_RE = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_OCTAL_RE = re.compile(r"^[-+]?0[0-9_]+$")
+_BASED_RE = re.compile(r"^[-+]?0[xXoObB][0-9a-fA-F_]+$")
+_SEXAGESIMAL_RE = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?$")
+_UNDERSCORE_RE = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?([eE][-+]?[0-9]+)?$")
+_NAN_INF_RE = re.compile(r"^([-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN))$")
+_YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}
+_NULLS = {"", "~", "null", "Null", "NULL"}
+_TRUE = {"true", "True", "TRUE"}
+_FALSE = {"false", "False", "FALSE"}
+
+
+class _YamlBuilder:
+    def __init__(self) -> None:
+        self.positions: dict[KeyPath, Position] = {}
+        self.problems: list[Problem] = []
+
+    def refuse(self, path: KeyPath, node: yaml.Node, message: str) -> None:
+        self.problems.append(Problem(path, node.start_mark.line + 1, node.start_mark.column + 1, message))
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return self.sequence(node, path)
+        return self.scalar(node, path)
+
+    def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.refuse(path, key_node, "keys must be plain strings, found a list or mapping used as a key")
+                continue
+            key = key_node.value
+            here = (*path, key)
+            if key in first_line:
+                self.refuse(here, key_node, f"duplicate key {key!r} (first at line {first_line[key]}); "
+                            "YAML would silently keep only the last one")
+                continue
+            first_line[key] = key_node.start_mark.line + 1
+            self.positions[here] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = self.build(value_node, here)
+        return out
+
+    def sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any]:
+        out = []
+        for index, item in enumerate(node.value):
+            self.positions[(*path, index)] = (item.start_mark.line + 1, item.start_mark.column + 1)
+            out.append(self.build(item, (*path, index)))
+        return out
+
+    def scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
+        text = node.value
+        if node.style is not None:  # quoted, literal (|) or folded (>): always a string
+            return text
+        resolved = _plain_scalar(text)
+        if isinstance(resolved, _Refused):
+            self.refuse(path, node, resolved.message)
+            return text
+        return resolved
+
+
+@dataclass(frozen=True)
+class _Refused:
+    message: str
+
+
+def _plain_scalar(text: str) -> Any:
+    """YAML 1.2 core-schema reading of an unquoted scalar; what YAML 1.1 would read differently is refused."""
+    for rule in _PLAIN_RULES:
+        found = rule(text)
+        if found is not _NO_MATCH:
+            return found
+    return text
+
+
+_NO_MATCH = object()
+
+
+def _nulls_and_bools(text: str) -> Any:
+    if text in _NULLS:
+        return None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    if text.lower() in _YAML11_BOOLS:
+        return _Refused(f"{text} is ambiguous: YAML 1.1 reads it as a boolean; write \"{text}\" in quotes for "
+                        "a string, or true/false for a boolean")
+    return _NO_MATCH
+
+
+def _numbers(text: str) -> Any:
+    if _INT_RE.match(text):
+        return int(text)
+    if _FLOAT_RE.match(text):
+        return float(text)
+    if _NAN_INF_RE.match(text):
+        return _Refused(f"{text} is not a number here: nan and infinity are not allowed")
+    return _NO_MATCH
+
+
+def _yaml11_numbers(text: str) -> Any:
+    quoted = f'"{text}"'
+    if _OCTAL_RE.match(text):
+        return _Refused(f"{text} is ambiguous: YAML 1.1 reads a leading 0 as octal; write {text.lstrip('0') or 0} "
+                        f"for a number, or {quoted} in quotes for a string")
+    if _BASED_RE.match(text):
+        return _Refused(f"{text} is not a decimal number; write the number in decimal, or {quoted} in quotes")
+    if _SEXAGESIMAL_RE.match(text):
+        return _Refused(f"{text} is ambiguous: YAML 1.1 reads it as a base-60 number; write {quoted} in quotes "
+                        "for a string")
+    return _NO_MATCH
+
+
+def _underscores(text: str) -> Any:
+    if _UNDERSCORE_RE.match(text):
+        return _Refused(f"{text} is ambiguous: write the number without underscores, or \"{text}\" in quotes")
+    return _NO_MATCH
+
+
+# Order matters: what YAML 1.1 reads surprisingly is refused before the plain number rules could accept it.
+_PLAIN_RULES = (_nulls_and_bools, _yaml11_numbers, _numbers, _underscores)
+
+
+def iter_paths(data: Any, path: KeyPath = ()) -> Iterator[KeyPath]:
+    """Every key path in plain data (used by tests and by position fallbacks)."""
+    yield path
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from iter_paths(value, (*path, key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from iter_paths(value, (*path, index))
