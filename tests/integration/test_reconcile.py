@@ -1,0 +1,215 @@
+"""Live reconcile: edit the site file, the running site converges. Real files, real processes, pids compared."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+from tests.integration.conftest import Site, get, wait_until
+
+
+def app_block(name: str, workers: int = 2, tag: str = "v1", binds: str = '"127.0.0.1:0"', extra: str = "") -> str:
+    return f"""
+[apps.{name}]
+module = "basic:app"
+chdir = "@APPS@"
+binds = [{binds}]
+workers = {workers}
+env = {{ TAG = "{tag}" }}
+{extra}
+"""
+
+
+def worker_pids(site: Site) -> set[int]:
+    return site.children()
+
+
+def applied(site: Site, count: int) -> bool:
+    return site.log().count("applied:") >= count
+
+
+class Load:
+    """Steady client load on one address in a thread; counts failures (non-200 or connection errors)."""
+
+    def __init__(self, address: tuple[str, int] | str, path: str = "/") -> None:
+        self.address, self.path = address, path
+        self.ok = 0
+        self.failures: list[str] = []
+        self.bodies: list[str] = []
+        self.max_latency = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                status, body = get(self.address, self.path, timeout=10)
+            except OSError as exc:
+                self.failures.append(repr(exc))
+                continue
+            self.max_latency = max(self.max_latency, time.monotonic() - started)
+            if status != 200:
+                self.failures.append(f"HTTP {status}")
+            else:
+                self.ok += 1
+                self.bodies.append(body)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def test_scale_only_changes_touch_no_other_worker(site_factory) -> None:
+    site = site_factory(app_block("web", 2) + app_block("api", 1)).start()
+    wait_until(lambda: site.ready("web", 2) and site.ready("api", 1))
+    before = worker_pids(site)
+    site.write(app_block("web", 4) + app_block("api", 1))
+    wait_until(lambda: site.ready("web", 4), what="scale up to 4")
+    after_up = worker_pids(site)
+    assert before <= after_up and len(after_up) == 5  # nobody restarted
+    assert "web scaled 2->4" in site.log()
+    site.write(app_block("web", 1) + app_block("api", 1))
+    wait_until(lambda: len(worker_pids(site)) == 2, what="scale down to 1")
+    assert worker_pids(site) <= after_up  # survivors are old workers, none new
+
+
+def test_a_spec_change_rolls_with_no_failed_request(site_factory) -> None:
+    site = site_factory(app_block("web", 2, "v1")).start()
+    address = site.address("web")
+    before = worker_pids(site)
+    with Load(address) as load:
+        wait_until(lambda: load.ok > 20)
+        site.write(app_block("web", 2, "v2"))
+        wait_until(lambda: applied(site, 1) and not (worker_pids(site) & before) and len(worker_pids(site)) == 2,
+                   timeout=30, what="all workers replaced")
+        seen = load.ok
+        wait_until(lambda: load.ok > seen + 20)
+    assert load.failures == []
+    assert load.bodies[-1].startswith("v2 ")
+    assert "web rolling (env changed)" in site.log()
+
+
+def test_an_invalid_edit_changes_nothing_and_a_fix_applies(site_factory) -> None:
+    site = site_factory(app_block("web", 2)).start()
+    wait_until(lambda: site.ready("web", 2))
+    before = worker_pids(site)
+    site.write(app_block("web", 2).replace("workers = 2", 'workers = "lots"'))
+    wait_until(lambda: "site file is invalid" in site.log(), what="the error to be logged")
+    assert re.search(r"site\.toml:\d+:\d+: apps\.web\.workers", site.log())
+    assert worker_pids(site) == before
+    assert get(site.address("web"))[0] == 200
+    site.write(app_block("web", 3))
+    wait_until(lambda: site.ready("web", 3), what="the fixed file to apply")
+    assert before <= worker_pids(site)
+
+
+def test_binds_added_and_removed_keep_the_unchanged_socket(site_factory, tmp_path) -> None:
+    site = site_factory(app_block("web", 1)).start()
+    address = site.address("web")
+    with Load(address) as load:
+        wait_until(lambda: load.ok > 5)
+        sock = str(tmp_path / "extra.sock")
+        site.write(app_block("web", 1, binds=f'"127.0.0.1:{address[1]}", "unix:{sock}"'))
+        wait_until(lambda: os.path.exists(sock) and _serves(sock), timeout=30, what="the new bind to serve")
+        site.write(app_block("web", 1, binds=f'"127.0.0.1:{address[1]}"'))
+        wait_until(lambda: not os.path.exists(sock), timeout=30, what="the removed bind to close")
+        seen = load.ok
+        wait_until(lambda: load.ok > seen + 5)
+    assert load.failures == []  # the TCP listener was never closed or re-bound
+    assert site.log().count(f"listening on tcp://127.0.0.1:{address[1]}") == 1
+
+
+def _serves(path: str) -> bool:
+    try:
+        return get(path, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def test_apps_added_and_removed(site_factory) -> None:
+    site = site_factory(app_block("web", 1)).start()
+    wait_until(lambda: site.ready("web", 1))
+    web_pids = worker_pids(site)
+    site.write(app_block("web", 1) + app_block("shop", 2, "shop"))
+    wait_until(lambda: site.ready("shop", 2), what="the new app to start")
+    assert get(site.address("shop"))[1].startswith("shop ")
+    assert web_pids <= worker_pids(site)
+    site.write(app_block("web", 1))
+    wait_until(lambda: worker_pids(site) == web_pids, what="the removed app's workers to go")
+    wait_until(lambda: "closed listener" in site.log(), what="its listener to close")
+
+
+def test_a_slow_booting_app_rolls_without_a_stall(site_factory) -> None:
+    slow = 'module = "slow_import:app"\n'
+    text = app_block("web", 2, "v1", extra="").replace('module = "basic:app"\n', slow)
+    text = text.replace('env = { TAG = "v1" }', 'env = { TAG = "v1", IMPORT_SECONDS = "2" }')
+    site = site_factory(text).start(wait_ready=False)
+    wait_until(lambda: site.ready("web", 2), timeout=30)
+    address = site.address("web")
+    with Load(address) as load:
+        wait_until(lambda: load.ok > 10)
+        site.write(text.replace('TAG = "v1"', 'TAG = "v2"'))
+        wait_until(lambda: load.bodies and load.bodies[-1].startswith("v2") and len(worker_pids(site)) == 2
+                   and all(b.startswith("v2") for b in load.bodies[-5:]), timeout=40, what="the roll to finish")
+    assert load.failures == []
+    assert load.max_latency < 1.5  # the import takes 2 s: a stall would show it (this is a correctness bound)
+
+
+def test_new_code_that_cannot_boot_leaves_the_old_workers_serving(site_factory) -> None:
+    site = site_factory(app_block("web", 2)).start()
+    wait_until(lambda: site.ready("web", 2))
+    before = worker_pids(site)
+    address = site.address("web")
+    with Load(address) as load:
+        site.write(app_block("web", 2).replace('module = "basic:app"', 'module = "broken:app"'))
+        wait_until(lambda: site.log().count("failed to boot") >= 2, timeout=20)
+        seen = load.ok
+        wait_until(lambda: load.ok > seen + 10)
+    assert load.failures == []
+    assert before <= worker_pids(site)
+    site.write(app_block("web", 2, "v3"))
+    wait_until(lambda: not (worker_pids(site) & before) and len(worker_pids(site)) == 2, timeout=30)
+    assert get(address)[1].startswith("v3 ")
+
+
+def test_identical_rewrite_and_touch_change_nothing(site_factory) -> None:
+    text = app_block("web", 2)
+    site = site_factory(text).start()
+    wait_until(lambda: site.ready("web", 2))
+    before = worker_pids(site)
+    site.write(text)
+    os.utime(site.path)
+    site.signal(signal.SIGHUP)  # an explicit reload of the same content is also a no-op for workers
+    wait_until(lambda: "applied: no changes" in site.log())
+    assert worker_pids(site) == before
+
+
+def test_a_deleted_site_file_keeps_the_site_running(site_factory) -> None:
+    site = site_factory(app_block("web", 1)).start()
+    wait_until(lambda: site.ready("web", 1))
+    before = worker_pids(site)
+    os.unlink(site.path)
+    wait_until(lambda: "gone or unreadable" in site.log())
+    assert get(site.address("web"))[0] == 200
+    assert worker_pids(site) == before
+    site.write(app_block("web", 2))
+    wait_until(lambda: site.ready("web", 2))
+
+
+def test_watch_false_ignores_edits_until_hup(site_factory) -> None:
+    text = "[server]\nwatch = false\n" + app_block("web", 1)
+    site = site_factory(text).start()
+    wait_until(lambda: site.ready("web", 1))
+    site.write(text.replace("workers = 1", "workers = 2"))
+    time.sleep(1.5)  # proving a negative: give a (wrong) watcher time to act
+    assert len(worker_pids(site)) == 1
+    site.signal(signal.SIGHUP)
+    wait_until(lambda: site.ready("web", 2))
