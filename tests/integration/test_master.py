@@ -189,3 +189,16 @@ def test_a_port_in_use_names_the_app_and_leaves_nothing_running(tmp_path: Path) 
     assert result.returncode == 3
     assert "app 'web'" in result.stderr and "address already in use" in result.stderr
     assert not (tmp_path / "a.sock").exists()  # the listener opened before the failure was closed again
+
+
+def test_the_master_never_imports_gevent_or_app_code(site_factory) -> None:
+    probe = ("import sys, forkserve.master, forkserve.cli; "
+             "bad = [m for m in sys.modules if m.split('.')[0] in ('gevent', 'greenlet', 'basic')]; "
+             "sys.exit(f'imported: {bad}' if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30).returncode == 0
+    site = site_factory(TWO_APPS).start()
+    wait_until(lambda: site.ready("api", 2))  # gevent workers are up, so gevent is loaded in them...
+    maps = Path(f"/proc/{site.pid}/maps").read_text()
+    assert "gevent" not in maps and "greenlet" not in maps  # ...but never in the master
+    worker = pid_of(get(site.address("api"))[1])
+    assert "gevent" in Path(f"/proc/{worker}/maps").read_text()
