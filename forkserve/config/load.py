@@ -136,7 +136,7 @@ def _diagnostics(
 ) -> list[Diagnostic]:
     out = []
     for key, message, where in found:
-        line, col = where or locate(source.positions, key) or (None, None)
+        line, col = where or locate(source.positions, key) or (1, None)  # a missing top-level key: line 1
         out.append(Diagnostic(path, line, col, format_path(key), message))
     out.sort(key=lambda d: (d.line or 0, d.col or 0))
     return out

@@ -275,18 +275,27 @@ class _StrictComposer(yaml.SafeLoader):
 
 
 def parse_yaml(text: str) -> Source:
-    loader = _StrictComposer(text)
     try:
-        node = loader.get_single_node()
+        node = _compose(text)
     except yaml.MarkedYAMLError as exc:
         raise _yaml_syntax(exc) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise SourceError(f"character {exc.character!r} is not allowed in YAML", line, col) from None
     except yaml.YAMLError as exc:
         raise SourceError(f"YAML syntax error: {exc}") from None
-    finally:
-        loader.dispose()
     builder = _YamlBuilder()
     data = None if node is None else builder.build(node, ())
     return Source(data, builder.positions, tuple(builder.problems))
+
+
+def _compose(text: str) -> yaml.Node | None:
+    loader = _StrictComposer(text)  # the reader checks characters here already
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
 
 
 def _yaml_syntax(exc: yaml.MarkedYAMLError) -> SourceError:
