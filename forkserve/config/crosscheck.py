@@ -81,6 +81,20 @@ def _gevent_only(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
                                             'worker_class = "sync"')
 
 
+def _is_zero(value: Any) -> bool:
+    return not isinstance(value, bool) and value in (0, "0%")
+
+
+def _rolling_stuck(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
+    """The same check as the model's, made here too so it is reported even when the app has other errors."""
+    apps = data.get("apps")
+    for name, app in (apps.items() if isinstance(apps, dict) else ()):
+        if isinstance(app, dict) and _is_zero(app.get("max_surge", 1)) and _is_zero(app.get("max_unavailable", 0)):
+            key = "max_unavailable" if "max_unavailable" in app else "max_surge"
+            yield ("apps", name, key), ("max_surge and max_unavailable cannot both be 0: a rolling change could "
+                                        "never proceed")
+
+
 def cross_check(data: Any, site_path: str, base_dir: str) -> list[tuple[KeyPath, str]]:
     """Every site-wide problem as (key path, message)."""
     if not isinstance(data, dict):
@@ -89,4 +103,5 @@ def cross_check(data: Any, site_path: str, base_dir: str) -> list[tuple[KeyPath,
         *_shared_binds(data, base_dir),
         *_control_clash(data, site_path, base_dir),
         *_gevent_only(data),
+        *_rolling_stuck(data),
     ]

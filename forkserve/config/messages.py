@@ -143,7 +143,8 @@ def _message(err: ErrorDetails, path: KeyPath, marker: str | None, fmt: str) -> 
         return f"expected {'a table' if fmt == 'toml' else 'a mapping'}{found}"
     if kind == "literal_error":
         choices = [c.strip().strip("'") for c in str(ctx.get("expected", "")).replace(" or ", ",").split(",")]
-        words = " or ".join(f'"{c}"' for c in choices if c)
+        quoted = [f'"{c}"' for c in choices if c]
+        words = " or ".join(quoted) if len(quoted) <= 2 else "one of " + ", ".join(quoted)
         return f"expected {words}{found}" + (did_you_mean(value, choices) if isinstance(value, str) else "")
     return _bound_message(kind, ctx, found) or _other_message(err, key, found)
 
