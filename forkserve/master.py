@@ -363,6 +363,10 @@ class Master:
         process.send_signal(action.pid, action.signal)
 
     def _log_convergence(self) -> None:
+        for name in [n for n in self.converged if n not in self.desired.apps]:
+            if not any(r.view.app == name for r in self.workers.values()):
+                del self.converged[name]
+                log.info("app %s: removed (all workers gone)", name)
         for name, spec in self.desired.apps.items():
             mine = [r.view for r in self.workers.values() if r.view.app == name and r.view.live]
             done = (len(mine) == spec.workers and all(w.phase is Phase.READY and w.revision == spec.revision
