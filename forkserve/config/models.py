@@ -92,6 +92,21 @@ class ServerConfig(BaseModel):
     error_log: str = Field("-", description='Error log: a path, or "-" for stderr.')
     pidfile: str | None = Field(None, description="Write the master's pid to this file while it runs.")
     watch: bool = Field(True, description="Reload when the site file changes (watching its directory).")
+    metrics: str | None = Field(
+        None,
+        description='Serve Prometheus metrics at http://HOST:PORT/metrics from the master ("HOST:PORT", TCP only; '
+        "port 0 picks a free port). Default: off.",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        bind = parse_bind(v)  # ValueError -> a located diagnostic
+        if bind.kind != "tcp":
+            raise ValueError(f'metrics {v!r}: must be "HOST:PORT" (TCP), not a unix socket or fd')
+        return str(bind)
 
     @field_validator("control_socket", "pidfile")
     @classmethod
