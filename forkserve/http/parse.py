@@ -1,0 +1,198 @@
+"""httptools (llhttp) callbacks that turn bytes into queued requests, with forkserve's limits.
+
+One `RequestParser` per connection. `feed(data)` runs llhttp over a whole recv() buffer; every request whose
+header block completes is appended to `requests` as (environ, keep_alive, wsgi.input), in order, so pipelined
+requests are answered in order. Body bytes go to the wsgi.input of the request being parsed (`current`).
+
+The environ is built directly in the callbacks (one dict copy of the per-listener base, one store per header).
+Limits (gunicorn's meaning):
+    request target longer than limit_request_line          -> 414
+    more than limit_request_fields header fields           -> 431
+    a header field (name + ": " + value) > limit_request_field_size -> 431
+    a header block that keeps growing past what the limits allow    -> 431 (bounds the parser's own buffers)
+Anything llhttp rejects (bad syntax, CL+TE, "+5", duplicate Content-Length, unknown Transfer-Encoding, bad chunk
+framing, bare LF) -> 400. After an error the parser is dead: the connection answers what was queued before it,
+then the error, then closes.
+
+Header names containing "_" are dropped: HTTP_X_FOO must not be spoofable by sending "X_Foo" next to "X-Foo".
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from forkserve.http.body import EMPTY, InputStream
+
+REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+_KEYS: dict[bytes, str] = {}  # raw header name -> environ key ("" = dropped); bounded below
+_METHODS: dict[bytes, str] = {}
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "0.9": "HTTP/0.9"}
+
+
+def environ_key(name: bytes) -> str:
+    key = _KEYS.get(name)
+    if key is None:
+        text = name.decode("latin-1").upper()
+        if "_" in text:
+            key = ""
+        else:
+            key = text.replace("-", "_")
+            if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+                key = "HTTP_" + key
+        if len(_KEYS) < 2048:
+            _KEYS[name] = key
+    return key
+
+
+class ParseError(Exception):
+    def __init__(self, status: int, detail: str = "") -> None:
+        super().__init__(f"{status} {REASONS.get(status, '')}: {detail}")
+        self.status = status
+
+
+class RequestParser:
+    __slots__ = ("_parser", "base", "conn", "current", "env", "error", "failed_stream", "fed", "limit_field",
+                 "limit_fields", "limit_header_bytes", "limit_line", "nfields", "requests", "upgraded", "url")
+
+    def __init__(self, conn: Any, base: dict[str, Any], limit_line: int, limit_fields: int,
+                 limit_field: int) -> None:
+        self.conn = conn
+        self.base = base
+        self.limit_line = limit_line
+        self.limit_fields = limit_fields
+        self.limit_field = limit_field
+        self.limit_header_bytes = limit_line + 4 + limit_fields * (limit_field + 2) + 2
+        self.requests: deque[tuple[dict[str, Any], bool, Any]] = deque()
+        self.current: Any = None  # wsgi.input receiving body bytes (None between messages)
+        self.env: dict[str, Any] | None = None  # environ under construction
+        self.url = b""
+        self.nfields = 0
+        self.fed = 0  # bytes fed while a header block is incomplete
+        self.error: ParseError | None = None  # set once: the parser is dead
+        self.upgraded = False  # an Upgrade/CONNECT request: serve what is queued, then close
+        self.failed_stream: Any = None  # wsgi.input of a queued request whose body was malformed
+        self._parser = httptools.HttpRequestParser(self)
+
+    @property
+    def idle(self) -> bool:
+        """No partial request buffered: closing now loses nothing the client sent."""
+        return self.env is None and self.current is None and not self.requests
+
+    def feed(self, data: bytes) -> None:
+        if self.error is not None or self.upgraded:
+            return
+        if self.current is None:  # inside (or before) a header block: bound the bytes llhttp buffers for us
+            fed = self.fed + len(data)
+            if fed > self.limit_header_bytes:
+                self._fail(ParseError(431, "header block too large"))
+                return
+            self.fed = fed
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded = True  # not supported: the request is answered as plain HTTP, then we close
+            if self.current is not None:  # the upgrade request's body will not be read as HTTP
+                self.current.complete = True
+                self.current = None
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, ParseError) else ParseError(400, str(exc)))
+
+    def _fail(self, error: ParseError) -> None:
+        self.error = error
+        self.failed_stream = self.current
+        if self.current is not None:
+            self.current.complete = True  # the app reading it sees the end; the connection closes
+            self.current = None
+        self.env = None
+
+    # -- llhttp callbacks (hot path) --
+
+    def on_url(self, url: bytes) -> None:
+        if self.env is None:
+            self.env = self.base.copy()
+            self.url = url
+            self.nfields = 0
+        else:
+            self.url += url
+        # "METHOD SP url SP HTTP/1.1" must fit in limit_request_line
+        size = len(self.url)
+        if size + 20 > self.limit_line and len(self._parser.get_method()) + size + 10 > self.limit_line:
+            raise ParseError(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.nfields += 1
+        if self.nfields > self.limit_fields:
+            raise ParseError(431, "too many header fields")
+        if len(name) + len(value) + 2 > self.limit_field:
+            raise ParseError(431, "header field too large")
+        env = self.env
+        if env is None:
+            return  # a trailer field of a chunked body: not passed to the app (WSGI has no place for it)
+        key = _KEYS.get(name) or environ_key(name)
+        if key:
+            text = value.decode("latin-1")
+            if key in env:
+                env[key] += "," + text
+            else:
+                env[key] = text
+
+    def on_headers_complete(self) -> None:
+        env = self.env
+        assert env is not None
+        self.env = None
+        self.fed = 0
+        parser = self._parser
+        url = self.url
+        method = parser.get_method()
+        env["REQUEST_METHOD"] = _METHODS.get(method) or _method(method)
+        version = parser.get_http_version()
+        env["SERVER_PROTOCOL"] = _PROTOCOLS.get(version) or "HTTP/" + version
+        env["RAW_URI"] = url.decode("latin-1")
+        if url[:1] == b"/":
+            path, _, query = url.partition(b"?")
+            if b"#" in url:
+                path = path.partition(b"#")[0]
+                query = query.partition(b"#")[0]
+        elif url == b"*":
+            path, query = b"", b""
+        else:  # absolute-form (a proxy request): keep path and query
+            parsed = httptools.parse_url(url)
+            path, query = parsed.path or b"/", parsed.query or b""
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        env["PATH_INFO"] = path.decode("latin-1")
+        env["QUERY_STRING"] = query.decode("latin-1")
+        length = env.get("CONTENT_LENGTH")
+        if (length is None or length == "0") and "HTTP_TRANSFER_ENCODING" not in env:
+            stream: Any = EMPTY
+        else:
+            expect = env.get("HTTP_EXPECT")
+            stream = InputStream(self.conn, expect is not None and expect.lower() == "100-continue"
+                                 and version == "1.1")
+        env["wsgi.input"] = stream
+        self.current = stream
+        self.requests.append((env, parser.should_keep_alive(), stream))
+
+    def on_body(self, body: bytes) -> None:
+        stream = self.current
+        if not stream.discard:
+            stream.buf += body
+
+    def on_message_complete(self) -> None:
+        stream = self.current
+        if stream is not EMPTY:
+            stream.complete = True
+        self.current = None
+
+
+def _method(raw: bytes) -> str:
+    text = raw.decode("ascii")
+    _METHODS[raw] = text
+    return text
