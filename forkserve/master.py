@@ -29,6 +29,8 @@ from forkserve.channel import MasterEnd
 from forkserve.config.binds import BindAddress
 from forkserve.config.load import ConfigError, load_text
 from forkserve.config.models import SiteConfig
+from forkserve.control.plane import ControlPlane, attach
+from forkserve.control.server import ControlSocketError
 from forkserve.plan import Action, CloseListener, Kill, OpenListener, Retire, Spawn, plan
 from forkserve.sockets import BindError, Listener, close_listener, open_listener, systemd_fds
 from forkserve.spec import AppSpec, DesiredState
@@ -94,6 +96,7 @@ class Master:
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.on_loop: list[Callable[[float], None]] = []  # extra per-wake hooks (control plane, metrics)
+        self.control: ControlPlane | None = None  # control socket, metrics, sd_notify (forkserve.control.plane)
 
     # ---- start-up and shutdown ------------------------------------------------------------------------
 
@@ -120,6 +123,11 @@ class Master:
                     raise StartupError(f"app {action.app!r}: cannot bind {exc}") from None
         self._install_signals()
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake_pipe)
+        try:
+            self.control = attach(self)
+        except (ControlSocketError, BindError, ValueError) as exc:
+            self.close_all_listeners()
+            raise StartupError(str(exc)) from None
         self._write_pidfile()
         if config.server.watch:
             self.watcher = SiteWatcher(self.site.path, self.wake_w)
@@ -135,6 +143,8 @@ class Master:
     def shutdown(self) -> None:
         if self.watcher:
             self.watcher.stop()
+        if self.control:
+            self.control.close()
         self.close_all_listeners()
         pidfile = self.site.config.server.pidfile if self.site.config else None
         if pidfile:
@@ -437,7 +447,8 @@ class Master:
         first = self.site.config is None
         if old_server is not None:  # settings the master cannot change live stay as they were
             config = config.model_copy(update={"server": config.server.model_copy(update={
-                k: getattr(old_server, k) for k in ("control_socket", "pidfile", "error_log", "watch")})})
+                k: getattr(old_server, k) for k in ("control_socket", "pidfile", "error_log", "watch",
+                                                "metrics")})})
         self.site.config = config
         self.site.digest = hashlib.sha256(data).hexdigest()
         self.site.errors = ()

@@ -1,0 +1,268 @@
+"""The control socket, served from the master loop: non-blocking, no threads. OS calls.
+
+`attach(master)` is the one call the master makes at start-up: it opens the control socket (and the metrics
+endpoint when `[server] metrics` is set), registers their fds with the master's selector, adds a per-wake hook
+(idle connections, sd_notify READY/STATUS/STOPPING, metrics bookkeeping) and returns a `ControlPlane` whose
+`close()` the master calls at shutdown.
+
+Safety:
+- the socket's directory is created 0700 if missing (an existing default directory must be ours and private);
+  the socket is bound under umask 0177, so it is 0600 from its first instant (never chmod-ed after);
+- every accepted caller's uid (SO_PEERCRED) must be the master's or root's, or it gets an error and is closed;
+- per-connection input and output buffers; a frame larger than `protocol.MAX_FRAME`, a malformed frame or an
+  unknown command gets an error reply, then the connection closes; the master is never disturbed;
+- sends never block (what does not fit stays buffered for the next writable event); a connection idle for
+  `IDLE_TIMEOUT` seconds is dropped, and at most `MAX_CONNECTIONS` are open at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from forkserve.control import protocol
+from forkserve.control.protocol import ProtocolError, Request
+
+IDLE_TIMEOUT = 5.0
+MAX_CONNECTIONS = 32
+READS_PER_WAKE = 16
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+log = logging.getLogger("forkserve")
+
+Dispatch = Callable[[Request], dict[str, Any]]
+
+
+class ControlSocketError(Exception):
+    pass
+
+
+def prepare_directory(path: str) -> None:
+    """Create the socket's directory 0700 when missing; refuse a default-style directory that is not private."""
+    directory = os.path.dirname(path) or "."
+    try:
+        os.mkdir(directory, 0o700)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ControlSocketError(f"cannot create {directory}: {exc.strerror}") from None
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ControlSocketError(f"{directory} is not a directory")
+    if os.path.basename(directory).startswith("forkserve") and (st.st_uid != os.getuid() or st.st_mode & 0o077):
+        raise ControlSocketError(f"{directory} must be a directory owned by uid {os.getuid()} with mode 0700 "
+                                 f"(found uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def _remove_stale(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlSocketError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise ControlSocketError(f"cannot check the existing socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise ControlSocketError(f"another master is already listening on {path}")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return _PEERCRED.unpack(data)[1]
+
+
+class _Connection:
+    """One client. Once `closing`, further input is read and discarded (closing a socket with unread input
+    would reset it and lose our last reply), the reply is flushed, our side shut down, and the connection
+    closed at the peer's EOF or after IDLE_TIMEOUT."""
+
+    def __init__(self, server: ControlServer, sock: socket.socket, now: float) -> None:
+        self.server = server
+        self.sock = sock
+        self.decoder = protocol.Decoder()
+        self.out = bytearray()
+        self.last = now
+        self.closing = False
+        self.eof = False
+        self.shut = False
+        self.registered_events = selectors.EVENT_READ
+
+    def on_event(self) -> None:
+        self.last = time.monotonic()
+        self._read()
+        if self.sock.fileno() >= 0:
+            self._flush()
+
+    def _read(self) -> None:
+        for _ in range(READS_PER_WAKE):  # a flooding client cannot keep the loop here
+            if self.eof:
+                return
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            if not data:
+                self.eof = self.closing = True
+                return
+            if self.closing:
+                continue
+            try:
+                messages = self.decoder.feed(data)
+            except ProtocolError as exc:
+                self.reply(protocol.error(str(exc)))
+                self.closing = True
+                continue
+            for message in messages:
+                self.reply(self.server.handle(message))
+
+    def reply(self, message: dict[str, Any]) -> None:
+        try:
+            self.out += protocol.encode(message)
+        except (ProtocolError, ValueError, TypeError) as exc:
+            self.out += protocol.encode(protocol.error(f"reply could not be encoded: {exc}"))
+
+    def _flush(self) -> None:
+        while self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close()
+                return
+            del self.out[:sent]
+        if self.closing and not self.out:
+            if self.eof:
+                self.close()
+                return
+            if not self.shut:
+                self.shut = True
+                try:
+                    self.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    self.close()
+                    return
+        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
+        if wanted != self.registered_events:
+            self.server.selector.modify(self.sock, wanted, self.on_event)
+            self.registered_events = wanted
+
+    def close(self) -> None:
+        self.server.forget(self)
+
+
+class ControlServer:
+    def __init__(self, path: str, dispatch: Dispatch, selector: selectors.BaseSelector) -> None:
+        self.path = path
+        self.dispatch = dispatch
+        self.selector = selector
+        self.sock: socket.socket | None = None
+        self.connections: dict[int, _Connection] = {}
+        self._inode: tuple[int, int] | None = None
+
+    def open(self) -> None:
+        prepare_directory(self.path)
+        _remove_stale(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # 0600 from the moment the file exists
+        try:
+            sock.bind(self.path)
+        except OSError as exc:
+            sock.close()
+            raise ControlSocketError(f"cannot bind the control socket {self.path}: {exc.strerror}") from None
+        finally:
+            os.umask(old)
+        sock.listen(16)
+        sock.setblocking(False)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
+        self.sock = sock
+        self.selector.register(sock, selectors.EVENT_READ, self._accept)
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        now = time.monotonic()
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("control socket: cannot accept: %s", exc.strerror)
+                return
+            conn.setblocking(False)
+            try:
+                uid = peer_uid(conn)
+            except OSError:
+                conn.close()
+                continue
+            if len(self.connections) >= MAX_CONNECTIONS:
+                conn.close()
+                continue
+            connection = _Connection(self, conn, now)
+            self.connections[conn.fileno()] = connection
+            self.selector.register(conn, selectors.EVENT_READ, connection.on_event)
+            if uid not in (os.getuid(), 0):
+                log.warning("control socket: refused a caller with uid %d", uid)
+                connection.reply(protocol.error(f"permission denied: uid {uid} may not control this master"))
+                connection.closing = True  # its requests are read and dropped, never handled
+                connection.on_event()
+
+    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            request = protocol.parse_request(message)
+        except ProtocolError as exc:
+            return protocol.error(str(exc))
+        try:
+            return protocol.ok(self.dispatch(request))
+        except Exception as exc:  # a bug in a command must not take the master down
+            log.exception("control command %s failed", request.command)
+            return protocol.error(f"{request.command} failed in the master: {exc}")
+
+    def forget(self, connection: _Connection) -> None:
+        fd = connection.sock.fileno()
+        if fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(connection.sock)
+            self.connections.pop(fd, None)
+        connection.sock.close()
+
+    def tick(self, now: float) -> None:
+        for connection in list(self.connections.values()):
+            if now - connection.last > IDLE_TIMEOUT:
+                self.forget(connection)
+
+    def close(self) -> None:
+        for connection in list(self.connections.values()):
+            self.forget(connection)
+        if self.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.sock)
+            self.sock.close()
+            self.sock = None
+            with contextlib.suppress(OSError):
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._inode:  # never remove a successor's socket
+                    os.unlink(self.path)

@@ -1,0 +1,313 @@
+"""Prometheus metrics of the master: `[server] metrics = "HOST:PORT"` serves `GET /metrics`. OS calls.
+
+The endpoint is the master's own tiny HTTP/1.0 responder, served from the master loop through its selector
+(never by the app workers' listeners, never from a thread). Numbers come from the workers' shared-memory
+slots (`forkserve/channel.py`): a worker counts a request with a memory store, the master reads the slots
+when scraped. Counters never go backwards when workers exit: `Metrics.observe()` runs on every wake-up of
+the master, keeps each worker's slot, and when the worker is gone reads it one last time into the per-app
+totals of exited workers.
+
+Text exposition format 0.0.4. Families:
+
+    forkserve_workers{app,state}                  gauge    booting | idle | busy | draining | killed
+    forkserve_workers_desired{app}                gauge
+    forkserve_requests_total{app,status_class}    counter  1xx .. 5xx
+    forkserve_request_duration_seconds{app}       histogram (buckets of channel.DURATION_BUCKETS)
+    forkserve_in_flight_requests{app}             gauge
+    forkserve_connections{app}                    gauge
+    forkserve_restarts_total{app,cause}           counter  crash | timeout | boot_timeout | max_requests | rolled
+    forkserve_reloads_total{result}               counter  applied | invalid | missing (explicit reloads and
+                                                           file changes; a file event with the same content
+                                                           is not counted)
+    forkserve_site_info{revision,path}            gauge 1
+    forkserve_app_info{app,revision}              gauge 1
+    forkserve_master_start_time_seconds           gauge
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from forkserve.channel import DURATION_BUCKETS, Counters
+from forkserve.config.binds import parse_bind
+from forkserve.sockets import Listener, close_listener, open_listener
+from forkserve.status import RESTART_CAUSES, worker_state
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STATES = ("booting", "idle", "busy", "draining", "killed")
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+RELOAD_RESULTS = ("applied", "invalid", "missing")
+MAX_REQUEST = 8192
+IDLE_TIMEOUT = 5.0
+MAX_CONNECTIONS = 16
+
+
+@dataclass
+class Totals:
+    by_class: list[int] = field(default_factory=lambda: [0] * 5)
+    duration_us: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+
+    def add(self, c: Counters) -> None:
+        for i, n in enumerate(c.by_status_class):
+            self.by_class[i] += n
+        self.duration_us += c.duration_us
+        for i, n in enumerate(c.buckets):
+            self.buckets[i] += n
+
+
+def reload_result(line: str) -> str:
+    """The result label of a reload from the master's result line."""
+    if line.startswith("site file is back"):
+        return "applied"  # back to the running content after an invalid edit
+    if line.startswith("invalid"):
+        return "invalid"
+    if line.startswith("site file missing"):
+        return "missing"
+    return "applied"
+
+
+class Metrics:
+    """Counts kept on the master's side, and the rendering of the text format."""
+
+    def __init__(self, master: Any) -> None:
+        self.master = master
+        self.seen: dict[int, tuple[str, Any]] = {}  # pid -> (app, MasterEnd): its slot outlives the worker
+        self.exited: dict[str, Totals] = {}
+        self.reloads: Counter[str] = Counter()
+
+    def observe(self, now: float = 0.0) -> None:
+        workers = self.master.workers
+        for pid in [p for p in self.seen if p not in workers]:
+            app, end = self.seen.pop(pid)
+            self.exited.setdefault(app, Totals()).add(end.counters())
+        for pid, record in workers.items():
+            if pid not in self.seen:
+                self.seen[pid] = (record.view.app, record.end)
+
+    def count_reload(self, line: str) -> None:
+        self.reloads[reload_result(line)] += 1
+
+    def render(self) -> str:
+        self.observe()
+        master = self.master
+        apps = sorted({*master.desired.apps, *self.exited, *(app for app, _ in self.seen.values())})
+        totals = {app: Totals(list(t.by_class), t.duration_us, list(t.buckets)) for app, t in self.exited.items()}
+        states: dict[str, Counter[str]] = {app: Counter() for app in apps}
+        in_flight: Counter[str] = Counter()
+        connections: Counter[str] = Counter()
+        for pid, (app, end) in self.seen.items():
+            c = end.counters()
+            totals.setdefault(app, Totals()).add(c)
+            record = master.workers.get(pid)
+            if record is not None:
+                states[app][worker_state(record.view.phase, c.in_flight)] += 1
+                in_flight[app] += c.in_flight
+                connections[app] += c.connections
+        out = _Writer()
+        out.family("forkserve_workers", "gauge", "Worker processes by state.")
+        for app in apps:
+            for state in STATES:
+                out.sample("forkserve_workers", {"app": app, "state": state}, states[app][state])
+        out.family("forkserve_workers_desired", "gauge", "Workers the site file asks for.")
+        for name, spec in sorted(master.desired.apps.items()):
+            out.sample("forkserve_workers_desired", {"app": name}, spec.workers)
+        self._requests(out, apps, totals)
+        out.family("forkserve_in_flight_requests", "gauge", "Requests being handled right now.")
+        for app in apps:
+            out.sample("forkserve_in_flight_requests", {"app": app}, in_flight[app])
+        out.family("forkserve_connections", "gauge", "Open client connections.")
+        for app in apps:
+            out.sample("forkserve_connections", {"app": app}, connections[app])
+        self._master(out, apps)
+        return out.text()
+
+    @staticmethod
+    def _requests(out: _Writer, apps: list[str], totals: dict[str, Totals]) -> None:
+        out.family("forkserve_requests_total", "counter", "Requests answered, by status class.")
+        for app in apps:
+            t = totals.get(app, Totals())
+            for i, cls in enumerate(CLASSES):
+                out.sample("forkserve_requests_total", {"app": app, "status_class": cls}, t.by_class[i])
+        out.family("forkserve_request_duration_seconds", "histogram", "Time to answer a request.")
+        for app in apps:
+            t = totals.get(app, Totals())
+            running = 0  # the slots hold per-bucket counts; Prometheus buckets are cumulative
+            for bound, n in zip((*DURATION_BUCKETS, float("inf")), t.buckets, strict=True):
+                running += n
+                out.sample("forkserve_request_duration_seconds_bucket", {"app": app, "le": _le(bound)}, running)
+            out.sample("forkserve_request_duration_seconds_sum", {"app": app}, t.duration_us / 1e6)
+            out.sample("forkserve_request_duration_seconds_count", {"app": app}, running)
+
+    def _master(self, out: _Writer, apps: list[str]) -> None:
+        master = self.master
+        out.family("forkserve_restarts_total", "counter", "Workers replaced, by cause.")
+        for app in sorted({*apps, *(app for app, _ in master.restarts)}):
+            for cause in RESTART_CAUSES:
+                out.sample("forkserve_restarts_total", {"app": app, "cause": cause},
+                           master.restarts.get((app, cause), 0))
+        out.family("forkserve_reloads_total", "counter", "Site file reloads, by result.")
+        for result in RELOAD_RESULTS:
+            out.sample("forkserve_reloads_total", {"result": result}, self.reloads[result])
+        out.family("forkserve_site_info", "gauge", "The site revision applied.")
+        out.sample("forkserve_site_info", {"revision": master.site.revision, "path": master.site.path}, 1)
+        out.family("forkserve_app_info", "gauge", "The desired revision of each app.")
+        for name, spec in sorted(master.desired.apps.items()):
+            out.sample("forkserve_app_info", {"app": name, "revision": spec.revision}, 1)
+        out.family("forkserve_master_start_time_seconds", "gauge", "Start time of the master, Unix seconds.")
+        out.sample("forkserve_master_start_time_seconds", {}, master.started_wall)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+    def sample(self, name: str, labels: dict[str, str], value: float) -> None:
+        text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+        number = repr(float(value)) if isinstance(value, float) else str(value)
+        self.lines.append(f"{name}{{{text}}} {number}" if text else f"{name} {number}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+class _HTTPConnection:
+    def __init__(self, server: MetricsServer, sock: socket.socket, now: float) -> None:
+        self.server = server
+        self.sock = sock
+        self.inbuf = b""
+        self.out = b""
+        self.last = now
+        self.writing = False
+
+    def on_event(self) -> None:
+        self.last = time.monotonic()
+        if not self.writing:
+            try:
+                data = self.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.server.forget(self)
+                return
+            if not data:
+                self.server.forget(self)
+                return
+            self.inbuf += data
+            if b"\r\n\r\n" in self.inbuf or b"\n\n" in self.inbuf:
+                self._respond(self.server.answer(self.inbuf))
+            elif len(self.inbuf) > MAX_REQUEST:
+                self._respond(_response(431, "request header too large\n"))
+            else:
+                return
+        self._flush()
+
+    def _respond(self, response: bytes) -> None:
+        self.out = response
+        self.writing = True
+        self.server.selector.modify(self.sock, selectors.EVENT_WRITE, self.on_event)
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.server.forget(self)
+            return
+        self.out = self.out[sent:]
+        if not self.out:
+            self.server.forget(self)
+
+
+def _response(status: int, body: str, head: bool = False, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    reasons = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request",
+               431: "Request Header Fields Too Large"}
+    data = body.encode()
+    header = (f"HTTP/1.0 {status} {reasons[status]}\r\nContent-Type: {content_type}\r\n"
+              f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
+    return header if head else header + data
+
+
+class MetricsServer:
+    def __init__(self, address: str, metrics: Metrics, selector: selectors.BaseSelector,
+                 inherited: list[int] | None = None) -> None:
+        bind = parse_bind(address)
+        if bind.kind != "tcp":
+            raise ValueError(f"metrics: {address!r} must be HOST:PORT")
+        self.metrics = metrics
+        self.selector = selector
+        self.listener: Listener = open_listener(bind, 64, 0o600, inherited)
+        self.listener.sock.setblocking(False)
+        self.connections: dict[int, _HTTPConnection] = {}
+        selector.register(self.listener.sock, selectors.EVENT_READ, self._accept)
+
+    @property
+    def address(self) -> str:
+        return self.listener.address
+
+    def _accept(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                conn, _ = self.listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(self.connections) >= MAX_CONNECTIONS:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            connection = _HTTPConnection(self, conn, now)
+            self.connections[conn.fileno()] = connection
+            self.selector.register(conn, selectors.EVENT_READ, connection.on_event)
+
+    def answer(self, request: bytes) -> bytes:
+        line = request.split(b"\n", 1)[0].decode("latin-1").strip()
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return _response(400, "bad request\n")
+        method, target = parts[0], parts[1].split("?", 1)[0]
+        if target != "/metrics":
+            return _response(404, "not found: try /metrics\n")
+        if method not in ("GET", "HEAD"):
+            return _response(405, "method not allowed\n")
+        return _response(200, self.metrics.render(), head=method == "HEAD", content_type=CONTENT_TYPE)
+
+    def forget(self, connection: _HTTPConnection) -> None:
+        fd = connection.sock.fileno()
+        if fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(connection.sock)
+            self.connections.pop(fd, None)
+        connection.sock.close()
+
+    def tick(self, now: float) -> None:
+        for connection in list(self.connections.values()):
+            if now - connection.last > IDLE_TIMEOUT:
+                self.forget(connection)
+
+    def close(self) -> None:
+        for connection in list(self.connections.values()):
+            self.forget(connection)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.listener.sock)
+        close_listener(self.listener)

@@ -1,0 +1,43 @@
+"""sd_notify datagrams, received on a test socket (a path and an abstract name)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from forkserve.notify import Notifier
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_messages_arrive(tmp_path: Path, abstract: bool) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"@forkserve-test-{os.getpid()}" if abstract else str(tmp_path / "notify.sock")
+    receiver.bind("\0" + name[1:] if abstract else name)
+    receiver.settimeout(5)
+    notifier = Notifier({"NOTIFY_SOCKET": name})
+    try:
+        assert notifier.enabled
+        notifier.ready("web 2/2 ready")
+        assert receiver.recv(4096) == b"READY=1\nSTATUS=web 2/2 ready"
+        notifier.reloading()
+        first, second = receiver.recv(4096).decode().split("\n")
+        assert first == "RELOADING=1" and second.startswith("MONOTONIC_USEC=") and int(second.split("=")[1]) > 0
+        notifier.status("a\nb")
+        notifier.status("a\nb")  # unchanged: not sent again
+        notifier.stopping()
+        assert receiver.recv(4096) == b"STATUS=a b"
+        assert receiver.recv(4096) == b"STOPPING=1"
+    finally:
+        notifier.close()
+        receiver.close()
+
+
+def test_without_notify_socket_nothing_happens(tmp_path: Path) -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled and notifier.send("READY=1") is False
+    gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
+    assert gone.send("READY=1") is False  # never raises
+    gone.close()

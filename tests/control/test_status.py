@@ -1,0 +1,74 @@
+"""status.snapshot on a hand-set Master, and the status table."""
+
+from __future__ import annotations
+
+import json
+
+from forkserve.control.client import format_status
+from forkserve.state import Backoff, Phase
+from forkserve.status import snapshot
+from tests.control.conftest import SITE
+
+
+def test_converged_site(fake_master) -> None:
+    m = fake_master()
+    web = m.add_worker("web", started=1.0)
+    m.add_worker("web", started=2.0)
+    m.add_worker("api", started=3.0)
+    web.slot[1] += 7  # REQUESTS
+    web.slot[7] = 1  # IN_FLIGHT
+    snap = snapshot(m, now=11.0, wall=1000.0)
+    json.dumps(snap)  # JSON-able
+    assert snap["ready"] is True
+    assert snap["site"]["revision"] == m.site.revision and snap["site"]["errors"] == []
+    apps = {a["name"]: a for a in snap["apps"]}
+    assert [a["name"] for a in snap["apps"]] == ["api", "web"]
+    assert apps["web"] | {"workers": None, "binds": None, "restarts": None} == {
+        "name": "web", "in_site": True, "revision": m.desired.apps["web"].revision, "desired": 2, "running": 2,
+        "ready": 2, "updated": 2, "state": "running", "backoff": None, "workers": None, "binds": None,
+        "restarts": None}
+    first = apps["web"]["workers"][0]
+    assert (first["age"], first["state"], first["requests"], first["in_flight"]) == (10.0, "busy", 7, 1)
+    assert apps["web"]["workers"][1]["state"] == "idle"
+    assert apps["api"]["binds"][1]["bind"].startswith("unix:") and apps["api"]["binds"][1]["address"] is None
+    assert set(apps["api"]["restarts"]) == {"crash", "timeout", "boot_timeout", "max_requests", "rolled"}
+
+
+def test_scaled_rolling_backoff_and_removed(fake_master) -> None:
+    m = fake_master()
+    old_web = m.desired.apps["web"].revision
+    m.add_worker("web", revision=old_web)
+    m.add_worker("web", revision=old_web)
+    m.add_worker("api")
+    m.set_site(SITE.replace("workers = 2", "workers = 3").replace('module = "basic:app"\nbinds = ["127.0.0.1:0"]\n',
+                                                                  'module = "basic:app2"\nbinds = ["127.0.0.1:0"]\n'))
+    m.add_worker("web", phase=Phase.BOOTING)
+    m.restarts[("web", "rolled")] += 1
+    snap = snapshot(m, now=5.0)
+    web = next(a for a in snap["apps"] if a["name"] == "web")
+    assert (web["desired"], web["running"], web["ready"], web["updated"], web["state"]) == (3, 3, 2, 0, "rolling")
+    assert [w["state"] for w in web["workers"]] == ["idle", "idle", "booting"]
+    assert web["restarts"]["rolled"] == 1
+    assert snap["ready"] is False
+    m.backoff[("web", m.desired.apps["web"].revision)] = Backoff(failures=2, retry_at=9.0, last_error="boom")
+    web = next(a for a in snapshot(m, now=5.0, wall=100.0)["apps"] if a["name"] == "web")
+    assert web["state"] == "backoff"
+    assert web["backoff"] == {"failures": 2, "retry_at": 104.0, "retry_in": 4.0, "error": "boom"}
+    m.set_site(SITE.split("[apps.api]")[0])  # api removed; its worker still drains
+    api = next(a for a in snapshot(m)["apps"] if a["name"] == "api")
+    assert (api["in_site"], api["state"], api["running"]) == (False, "removing", 1)
+
+
+def test_invalid_file_errors_and_table(fake_master) -> None:
+    m = fake_master()
+    m.add_worker("web")
+    m.site.errors = ("site.toml:3:11: apps.web.workers: must be at least 1",)
+    snap = snapshot(m)
+    assert snap["site"]["errors"] == list(m.site.errors)
+    text = format_status(snap)
+    assert "must be at least 1" in text and "\033[" not in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("APP  STATE"))
+    row = next(line for line in lines if line.startswith("web "))
+    assert row.index("degraded") == header.index("STATE")  # aligned columns
+    assert "\033[33mdegraded" in format_status(snap, colour=True)
