@@ -102,6 +102,7 @@ class Master:
 
     def start(self) -> None:
         """Load the file, bind every listener, install signals. Raises StartupError leaving nothing open."""
+        self.site.signature = signature(self.site.path)
         data = self._read_site()
         if data is None:
             raise StartupError(f"{self.site.path}: cannot read the site file")
@@ -199,7 +200,9 @@ class Master:
     def _drain_wake_pipe(self) -> None:
         with contextlib.suppress(BlockingIOError):
             while data := os.read(self.wake_r, 4096):
-                if b"w" in data:  # the file watcher (signal wake-ups write the signal number)
+                if b"w" in data and self.file_event_at is None:  # the watcher (signals write their number)
+                    # debounce from the first event of a burst: later events cannot postpone the read; a read
+                    # that lands mid-burst is followed by another once the content changes again
                     self.file_event_at = time.monotonic()
 
     def _handle_signals(self) -> None:
@@ -398,7 +401,8 @@ class Master:
         if self.desired.stopping:
             return
         explicit, self.reload_requested = self.reload_requested, False
-        changed = signature(self.site.path) != self.site.signature
+        watching = self.watcher is not None
+        changed = watching and signature(self.site.path) != self.site.signature
         if changed and self.file_event_at is None:
             self.file_event_at = now  # seen by the timer's stat check: debounce like a watcher event
         if not explicit and (self.file_event_at is None or now - self.file_event_at < DEBOUNCE):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import ceil
 
 from forkserve.config.binds import BindAddress, parse_bind
@@ -82,6 +82,10 @@ def resolve_count(value: int | str, workers: int, round_up: bool) -> int:
     return ceil(share) if round_up else int(share)
 
 
+def _scoped(bind: BindAddress, app: str) -> BindAddress:
+    return replace(bind, scope=app) if bind.kind == "tcp" and bind.port == 0 else bind
+
+
 def _app_spec(name: str, app: AppConfig, site: SiteConfig) -> AppSpec:
     roll = {key: getattr(app, key) for key in ROLL_FIELDS}
     roll["env"] = sorted(app.env.items())
@@ -96,7 +100,7 @@ def _app_spec(name: str, app: AppConfig, site: SiteConfig) -> AppSpec:
         name=name,
         revision=revision,
         module=app.module,
-        binds=tuple(parse_bind(b) for b in app.binds),
+        binds=tuple(_scoped(parse_bind(b), name) for b in app.binds),
         workers=app.workers,
         worker_class=app.worker_class,
         worker_connections=app.worker_connections,

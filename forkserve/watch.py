@@ -20,12 +20,29 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+_CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})  # "closed": closed after a write
+
 
 class _Wake(FileSystemEventHandler):
-    def __init__(self, wake_fd: int) -> None:
+    """Wakes the master for writes that can change what the site file path resolves to; ignores the rest.
+
+    Reads (opened, closed_no_write) and other files in the directory are ignored: a log file or a reader
+    polling next to the site file must not keep the master busy (or, worse, postpone a reload)."""
+
+    def __init__(self, wake_fd: int, name: str) -> None:
         self._fd = wake_fd
+        self._name = name
+
+    def _relevant(self, path: str | bytes) -> bool:
+        base = os.path.basename(os.fsdecode(path))
+        return base == self._name or base.startswith("..")  # ..data, ..2026_11_26...: Kubernetes' swap
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _CHANGES:
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        if not any(p and self._relevant(p) for p in paths):
+            return
         with contextlib.suppress(OSError):  # pipe full: a wake-up is already pending, which is all we need
             os.write(self._fd, b"w")
 
@@ -33,6 +50,7 @@ class _Wake(FileSystemEventHandler):
 class SiteWatcher:
     def __init__(self, site_path: str, wake_fd: int) -> None:
         self._dir = str(Path(site_path).absolute().parent)
+        self._name = Path(site_path).name
         self._wake_fd = wake_fd
         self._observer: Any = None
 
@@ -41,7 +59,7 @@ class SiteWatcher:
 
         observer = Observer()
         observer.daemon = True
-        observer.schedule(_Wake(self._wake_fd), self._dir, recursive=False)
+        observer.schedule(_Wake(self._wake_fd, self._name), self._dir, recursive=False)
         observer.start()
         self._observer = observer
 

@@ -26,6 +26,7 @@ class BindAddress:
     port: int = 0
     path: str = ""  # unix
     fd: int = -1  # fd
+    scope: str = ""  # port 0 means "a port of my own": the app's name keeps two apps' ephemeral binds apart
 
     @property
     def is_ipv6(self) -> bool:

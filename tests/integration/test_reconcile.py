@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import threading
 import time
 
@@ -112,19 +113,27 @@ def test_an_invalid_edit_changes_nothing_and_a_fix_applies(site_factory) -> None
 
 
 def test_binds_added_and_removed_keep_the_unchanged_socket(site_factory, tmp_path) -> None:
-    site = site_factory(app_block("web", 1)).start()
+    port = free_port()
+    tcp = f'"127.0.0.1:{port}"'
+    site = site_factory(app_block("web", 1, binds=tcp)).start()
     address = site.address("web")
     with Load(address) as load:
         wait_until(lambda: load.ok > 5)
         sock = str(tmp_path / "extra.sock")
-        site.write(app_block("web", 1, binds=f'"127.0.0.1:{address[1]}", "unix:{sock}"'))
+        site.write(app_block("web", 1, binds=f'{tcp}, "unix:{sock}"'))
         wait_until(lambda: os.path.exists(sock) and _serves(sock), timeout=30, what="the new bind to serve")
-        site.write(app_block("web", 1, binds=f'"127.0.0.1:{address[1]}"'))
+        site.write(app_block("web", 1, binds=tcp))
         wait_until(lambda: not os.path.exists(sock), timeout=30, what="the removed bind to close")
         seen = load.ok
         wait_until(lambda: load.ok > seen + 5)
     assert load.failures == []  # the TCP listener was never closed or re-bound
-    assert site.log().count(f"listening on tcp://127.0.0.1:{address[1]}") == 1
+    assert site.log().count(f"listening on tcp://127.0.0.1:{port}") == 1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _serves(path: str) -> bool:
