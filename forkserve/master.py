@@ -96,6 +96,9 @@ class Master:
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.on_loop: list[Callable[[float], None]] = []  # extra per-wake hooks (control plane, metrics)
+        # around every reload: before(explicit) and after(explicit, result line); sd_notify and metrics use them
+        self.before_reload: list[Callable[[bool], None]] = []
+        self.after_reload: list[Callable[[bool, str], None]] = []
         self.control: ControlPlane | None = None  # control socket, metrics, sd_notify (forkserve.control.plane)
 
     # ---- start-up and shutdown ------------------------------------------------------------------------
@@ -412,6 +415,14 @@ class Master:
 
     def reload(self, explicit: bool) -> str:
         """Re-read the site file and apply it if valid. Returns the result line (also logged)."""
+        for hook in self.before_reload:
+            hook(explicit)
+        result = self._reload(explicit)
+        for done in self.after_reload:
+            done(explicit, result)
+        return result
+
+    def _reload(self, explicit: bool) -> str:
         sig = signature(self.site.path)
         data = self._read_site()
         if data is None:

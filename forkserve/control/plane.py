@@ -53,24 +53,20 @@ class ControlPlane:
                                                 self.master.inherited_fds)
             log.info("metrics on http://%s/metrics", self.metrics_server.address.removeprefix("tcp://"))
         log.info("control socket %s", self.server.path)
-        self._wrap_reload()
+        self.master.before_reload.append(self._before_reload)
+        self.master.after_reload.append(self._after_reload)
         self.master.on_loop.append(self.on_loop)
 
-    def _wrap_reload(self) -> None:
-        """Count reloads by result and tell systemd around each one (RELOADING=1 ... READY=1)."""
-        original = self.master.reload
+    def _before_reload(self, explicit: bool) -> None:
+        if explicit:  # SIGHUP, `forkserve reload`, `systemctl reload`: what systemd waits for
+            self.notifier.reloading()
 
-        def reload(explicit: bool, *args: Any, **kwargs: Any) -> str:
-            if explicit:  # SIGHUP, `forkserve reload`, `systemctl reload`: what systemd waits for
-                self.notifier.reloading()
-            result = original(explicit, *args, **kwargs)
-            if result != "unchanged":  # a file event with the same content is not a reload
-                self.metrics.count_reload(result)
-            if explicit:
-                self.notifier.ready(f"reload: {result}")
-            return result
-
-        self.master.reload = reload
+    def _after_reload(self, explicit: bool, result: str) -> None:
+        """Count reloads by result and tell systemd the reload is over (RELOADING=1 ... READY=1)."""
+        if result != "unchanged":  # a file event with the same content is not a reload
+            self.metrics.count_reload(result)
+        if explicit:
+            self.notifier.ready(f"reload: {result}")
 
     # ---- commands: a fixed table ---------------------------------------------------------------------------
 

@@ -97,7 +97,9 @@ class Connection:
         self.ctx = ctx
         self.sock = sock
         self.parser = RequestParser(self, env, ctx.limit_line, ctx.limit_fields, ctx.limit_field)
-        self.waiting = False  # idle between requests: a graceful stop may close it right away
+        # idle between two requests of a keep-alive connection: a graceful stop may close it. Never true before
+        # the first request: a connection just accepted carries a request the client expects an answer to.
+        self.waiting = False
         self.broken = False  # a socket error happened under the app: no 500, just close
         self.status: str | None = None
         self.headers: Any = None
@@ -138,6 +140,13 @@ class Connection:
 
     # -- the loop --
 
+    def has_pending_data(self) -> bool:
+        """A request already sent by the client (in the socket buffer): serve it rather than drop it."""
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # BlockingIOError included: nothing there
+            return False
+
     def serve(self) -> None:
         slot = self.ctx.slot
         slot[CONNECTIONS] += 1
@@ -156,6 +165,7 @@ class Connection:
         parser = self.parser
         requests = parser.requests
         timeout = ctx.timeout
+        served = False
         while True:
             if requests:
                 env, keep, stream = requests.popleft()
@@ -165,13 +175,16 @@ class Connection:
                 if not self.handle(env, keep, stream):
                     return
                 timeout = ctx.keepalive
+                served = True
                 continue
             if parser.error is not None:
                 self.send_error(parser.error.status)
                 return
-            if parser.upgraded or (ctx.stopping and parser.idle):
+            idle = parser.idle
+            between = idle and served  # served one request already, waiting for the next
+            if parser.upgraded or (ctx.stopping and between and not self.has_pending_data()):
                 return
-            self.waiting = idle = parser.idle
+            self.waiting = between
             try:
                 data = self._recv(RECV_SIZE, timeout if idle else ctx.timeout)
             finally:

@@ -15,6 +15,7 @@ next tick.
 
 from __future__ import annotations
 
+import _socket
 import os
 import signal
 import socket
@@ -36,6 +37,13 @@ def prepare() -> None:
 
 class GeventConnection(Connection):
     __slots__ = ("current_timeout",)
+
+    def has_pending_data(self) -> bool:
+        # peek on the real socket under gevent's: gevent's recv would wait for data instead of saying "none"
+        try:
+            return bool(_socket.socket.recv(self.sock._sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # BlockingIOError included: nothing there
+            return False
 
     def _recv(self, n: int, timeout: float) -> bytes:
         if timeout != self.current_timeout:
@@ -126,7 +134,7 @@ def serve(worker: Worker) -> int:  # noqa: C901
         deadline = gevent.get_hub().loop.now() + worker.spec.graceful_timeout
         while active and gevent.get_hub().loop.now() < deadline:
             for greenlet, conn in list(active.items()):
-                if conn.waiting:  # idle keep-alive: nothing in flight, close it now
+                if conn.waiting and not conn.has_pending_data():  # idle keep-alive, nothing sent: close
                     gevent.kill(greenlet)
             gevent.sleep(0.05)
         if active:

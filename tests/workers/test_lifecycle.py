@@ -199,3 +199,19 @@ def test_gevent_hung_app_stops_heartbeat(start_worker):
         beat = worker.end.counters().heartbeat_ns
         time.sleep(1.5)
         assert worker.end.counters().heartbeat_ns == beat
+
+
+@pytest.mark.parametrize("worker_class", CLASSES)
+def test_a_connection_accepted_before_term_is_answered_not_dropped(start_worker, worker_class):
+    """A retiring worker may already hold a fresh connection whose request is still on its way: serve it.
+    (Closing it looked like "idle" and dropped requests during rolling restarts.)"""
+    from forkserve.channel import CONNECTIONS
+
+    worker = start_worker(worker_class=worker_class)
+    with worker.connect() as sock:
+        wait_until(lambda: worker.end.slot[CONNECTIONS] == 1, what="the connection to be accepted")
+        os.kill(worker.pid, signal.SIGTERM)
+        sock.sendall(GET)
+        (response,) = read_responses(sock)
+        assert response.status == 200
+    assert worker.wait_exit(timeout=10) == EXIT_OK
