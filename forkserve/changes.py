@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forkserve.config.models import ServerConfig
-from forkserve.spec import ROLL_FIELDS, DesiredState
+from forkserve.spec import ROLL_FIELDS, DesiredState, ServerSettings
 
 # [server] keys the master cannot change while it runs: reported, never silently ignored.
 RESTART_ONLY: tuple[str, ...] = ("control_socket", "pidfile", "error_log", "watch", "metrics")
@@ -53,12 +52,12 @@ def _field(spec: object, name: str) -> object:
     return getattr(spec, name)
 
 
-def needs_restart(old: ServerConfig, new: ServerConfig) -> list[str]:
+def needs_restart(old: ServerSettings, new: ServerSettings) -> list[str]:
     return [key for key in RESTART_ONLY if getattr(old, key, None) != getattr(new, key, None)]
 
 
-def summary(old: DesiredState, new: DesiredState, old_server: ServerConfig | None,
-            new_server: ServerConfig) -> str:
+def summary(old: DesiredState, new: DesiredState, old_server: ServerSettings | None,
+            new_server: ServerSettings) -> str:
     parts = [str(c) for c in app_changes(old, new)]
     if old_server is not None:
         parts += [f"[server] {key} changed: needs a restart to apply" for key in needs_restart(old_server, new_server)]

@@ -24,16 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from forkserve import backoff, process
-from forkserve.changes import summary
+from forkserve.changes import RESTART_ONLY, summary
 from forkserve.channel import MasterEnd
 from forkserve.config.binds import BindAddress
-from forkserve.config.load import ConfigError, load_text
-from forkserve.config.models import SiteConfig
+from forkserve.config.errors import ConfigError
+from forkserve.config.isolated import load_site
 from forkserve.control.plane import ControlPlane, attach
 from forkserve.control.server import ControlSocketError
 from forkserve.plan import Action, CloseListener, Kill, OpenListener, Retire, Spawn, plan
 from forkserve.sockets import BindError, Listener, close_listener, open_listener, systemd_fds
-from forkserve.spec import AppSpec, DesiredState
+from forkserve.spec import AppSpec, DesiredState, LoadedSite, ServerSettings
 from forkserve.state import Backoff, Observed, Phase, WorkerView
 from forkserve.watch import SiteWatcher, signature
 
@@ -64,7 +64,7 @@ class SiteFile:
     """The last valid site file the master applied, and the outcome of the last attempt to read one."""
 
     path: str
-    config: SiteConfig | None = None
+    server: ServerSettings | None = None  # None until the first valid file is applied
     digest: str = ""  # sha256 of the bytes applied
     revision: str = ""
     signature: tuple[int, int, int, int] | None = None
@@ -110,11 +110,11 @@ class Master:
         if data is None:
             raise StartupError(f"{self.site.path}: cannot read the site file")
         try:
-            config = load_text(data, self.site.path)
+            loaded = load_site(data, self.site.path)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
-        setup_logging(config)
-        self._apply(config, data, explicit=True)
+        setup_logging(loaded.server)
+        self._apply(loaded, data)
         for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(var, None)  # for forkserve only: apps must not adopt these sockets again
         now = time.monotonic()
@@ -133,7 +133,7 @@ class Master:
             self.close_all_listeners()
             raise StartupError(str(exc)) from None
         self._write_pidfile()
-        if config.server.watch:
+        if loaded.server.watch:
             self.watcher = SiteWatcher(self.site.path, self.wake_w)
             self.watcher.start()
         log.info("forkserve master %d started for %s (site revision %s)", os.getpid(), self.site.path,
@@ -150,14 +150,14 @@ class Master:
         if self.control:
             self.control.close()
         self.close_all_listeners()
-        pidfile = self.site.config.server.pidfile if self.site.config else None
+        pidfile = self.site.server.pidfile if self.site.server else None
         if pidfile:
             with contextlib.suppress(OSError):
                 os.unlink(pidfile)
         log.info("forkserve master %d stopped", os.getpid())
 
     def _write_pidfile(self) -> None:
-        pidfile = self.site.config.server.pidfile if self.site.config else None
+        pidfile = self.site.server.pidfile if self.site.server else None
         if pidfile:
             with open(pidfile, "w") as f:
                 f.write(f"{os.getpid()}\n")
@@ -443,7 +443,7 @@ class Master:
                 log.info("%s", self.site.last_result)
             return "unchanged"
         try:
-            config = load_text(data, self.site.path)
+            loaded = load_site(data, self.site.path)
         except ConfigError as exc:
             self.site.errors = tuple(d.format() for d in exc.diagnostics)
             self.site.last_result = f"invalid: {len(exc.diagnostics)} problem(s); still running revision " \
@@ -453,18 +453,18 @@ class Master:
             return self.site.last_result
         if explicit:
             self.backoff.clear()  # the operator asked: try broken apps again now
-        return self._apply(config, data, explicit)
+        return self._apply(loaded, data)
 
-    def _apply(self, config: SiteConfig, data: bytes, explicit: bool) -> str:
-        new = DesiredState.from_config(config)
-        old_server = self.site.config.server if self.site.config else None
-        text = summary(self.desired, new, old_server, config.server)
-        first = self.site.config is None
+    def _apply(self, loaded: LoadedSite, data: bytes) -> str:
+        new, server = loaded.desired, loaded.server
+        old_server = self.site.server
+        text = summary(self.desired, new, old_server, server)
+        first = old_server is None
         if old_server is not None:  # settings the master cannot change live stay as they were
-            config = config.model_copy(update={"server": config.server.model_copy(update={
-                k: getattr(old_server, k) for k in ("control_socket", "pidfile", "error_log", "watch",
-                                                "metrics")})})
-        self.site.config = config
+            server = dataclasses.replace(server, **{k: getattr(old_server, k) for k in RESTART_ONLY})
+            if server.log_level != old_server.log_level:
+                logging.getLogger("forkserve").setLevel(server.log_level.upper())
+        self.site.server = server
         self.site.digest = hashlib.sha256(data).hexdigest()
         self.site.errors = ()
         self.site.revision = new.revision
@@ -482,9 +482,9 @@ def _indent(text: str) -> str:
 _log_handler: logging.Handler | None = None
 
 
-def setup_logging(config: SiteConfig) -> None:
+def setup_logging(server: ServerSettings) -> None:
     global _log_handler
-    target = config.server.error_log
+    target = server.error_log
     handler: logging.Handler = (logging.StreamHandler(sys.stderr) if target == "-"
                                 else logging.FileHandler(target, encoding="utf-8"))
     handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(message)s",
@@ -494,7 +494,7 @@ def setup_logging(config: SiteConfig) -> None:
         root.removeHandler(_log_handler)
         _log_handler.close()
     root.addHandler(handler)
-    root.setLevel(config.server.log_level.upper())
+    root.setLevel(server.log_level.upper())
     root.propagate = False
     _log_handler = handler
 

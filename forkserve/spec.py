@@ -10,9 +10,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from math import ceil
+from typing import TYPE_CHECKING
 
 from forkserve.config.binds import BindAddress, parse_bind
-from forkserve.config.models import AppConfig, SiteConfig
+
+if TYPE_CHECKING:  # the master process never imports pydantic: config is validated in a child
+    from forkserve.config.models import AppConfig, ServerConfig, SiteConfig
 
 # Fields of AppConfig that a running worker cannot pick up: changing any of them rolls the app's workers.
 ROLL_FIELDS: tuple[str, ...] = (
@@ -72,6 +75,39 @@ class DesiredState:
             json.dumps([[s.name, s.revision, s.workers] for s in apps.values()]).encode()
         ).hexdigest()[:8]
         return cls(apps, digest)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`[server]` as a plain value (the master keeps this, not the pydantic model)."""
+
+    control_socket: str | None = None
+    graceful_timeout: float = 30.0
+    log_level: str = "info"
+    access_log: str | None = None
+    error_log: str = "-"
+    pidfile: str | None = None
+    watch: bool = True
+    metrics: str | None = None
+
+    @classmethod
+    def from_config(cls, server: ServerConfig) -> ServerSettings:
+        access = server.access_log
+        return cls(server.control_socket, server.graceful_timeout, server.log_level,
+                   None if access is False else str(access), server.error_log, server.pidfile, server.watch,
+                   getattr(server, "metrics", None))
+
+
+@dataclass(frozen=True)
+class LoadedSite:
+    """What a valid site file means to the master: the desired state and the server settings."""
+
+    desired: DesiredState
+    server: ServerSettings
+
+    @classmethod
+    def from_config(cls, site: SiteConfig) -> LoadedSite:
+        return cls(DesiredState.from_config(site), ServerSettings.from_config(site.server))
 
 
 def resolve_count(value: int | str, workers: int, round_up: bool) -> int:

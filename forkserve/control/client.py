@@ -31,7 +31,7 @@ from forkserve.config.paths import default_control_socket
 from forkserve.control import protocol
 from forkserve.control.planning import invalid_report, plan_report
 from forkserve.control.protocol import Request
-from forkserve.spec import DesiredState
+from forkserve.spec import DesiredState, LoadedSite
 from forkserve.state import Observed
 
 DEFAULT_SITE = "site.toml"
@@ -264,7 +264,7 @@ def local_plan(path: str, data: bytes) -> dict[str, Any]:
         config = load_text(data, path)
     except ConfigError as exc:
         return invalid_report(path, [d.format() for d in exc.diagnostics])
-    return plan_report(path, config, DesiredState(), None, Observed(), time.monotonic())
+    return plan_report(path, LoadedSite.from_config(config), DesiredState(), None, Observed(), time.monotonic())
 
 
 _SIGNS = {"add": "+", "remove": "-", "needs-restart": "!"}

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from forkserve import status
-from forkserve.config.load import ConfigError, load_text
+from forkserve.config.errors import ConfigError
+from forkserve.config.isolated import load_site
 from forkserve.config.paths import default_control_socket
 from forkserve.control.planning import invalid_report, plan_report
 from forkserve.control.protocol import Request
@@ -25,8 +26,8 @@ log = logging.getLogger("forkserve")
 
 
 def control_socket_path(master: Any) -> str:
-    config = master.site.config
-    return (config.server.control_socket if config else None) or default_control_socket(master.site.path)
+    server = master.site.server
+    return (server.control_socket if server else None) or default_control_socket(master.site.path)
 
 
 class ControlPlane:
@@ -47,7 +48,7 @@ class ControlPlane:
 
     def open(self) -> None:
         self.server.open()
-        address = getattr(self.master.site.config.server, "metrics", None)
+        address = self.master.site.server.metrics
         if address:
             self.metrics_server = MetricsServer(address, self.metrics, self.master.selector,
                                                 self.master.inherited_fds)
@@ -86,11 +87,11 @@ class ControlPlane:
     def _plan(self, request: Request) -> dict[str, Any]:
         master = self.master
         try:
-            config = load_text(request.text.encode(), request.path)
+            loaded = load_site(request.text.encode(), request.path)
         except ConfigError as exc:
             return invalid_report(request.path, [d.format() for d in exc.diagnostics], master.site.revision)
-        server = master.site.config.server if master.site.config else None
-        return plan_report(request.path, config, master.desired, server, master.observed(), time.monotonic())
+        return plan_report(request.path, loaded, master.desired, master.site.server, master.observed(),
+                           time.monotonic())
 
     # ---- every wake-up ---------------------------------------------------------------------------------------
 

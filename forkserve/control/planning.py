@@ -26,9 +26,8 @@ from collections import Counter
 from typing import Any
 
 from forkserve.changes import app_changes, needs_restart
-from forkserve.config.models import ServerConfig, SiteConfig
 from forkserve.plan import CloseListener, Kill, OpenListener, Retire, Spawn, plan
-from forkserve.spec import DesiredState
+from forkserve.spec import DesiredState, LoadedSite, ServerSettings
 from forkserve.state import Observed
 
 _KINDS = {"added": "add", "removed": "remove", "scaled": "scale", "rolling": "roll", "changed": "settings"}
@@ -39,9 +38,9 @@ def invalid_report(path: str, errors: list[str], current_revision: str = "") -> 
             "changes": [], "first_steps": [], "changed": False}
 
 
-def plan_report(path: str, config: SiteConfig, current: DesiredState, current_server: ServerConfig | None,
+def plan_report(path: str, loaded: LoadedSite, current: DesiredState, current_server: ServerSettings | None,
                 observed: Observed, now: float) -> dict[str, Any]:
-    new = DesiredState.from_config(config)
+    new = loaded.desired
     changes: list[dict[str, str]] = []
     for change in app_changes(current, new):
         kinds = ["scale", "roll"] if change.kind == "scaled+rolling" else [_KINDS.get(change.kind, change.kind)]
@@ -53,7 +52,7 @@ def plan_report(path: str, config: SiteConfig, current: DesiredState, current_se
                             "detail": f"binds {old} -> {', '.join(str(b) for b in after.binds)}"})
     if current_server is not None:
         changes += [{"app": "", "kind": "needs-restart", "detail": f"[server] {key} changed: needs a restart"}
-                    for key in needs_restart(current_server, config.server)]
+                    for key in needs_restart(current_server, loaded.server)]
     return {
         "path": path,
         "valid": True,

@@ -12,6 +12,7 @@ import pytest
 from forkserve import channel
 from forkserve.config.load import load_text
 from forkserve.master import Master, WorkerRecord
+from forkserve.spec import LoadedSite
 from forkserve.state import Phase, WorkerView
 from tests.integration.conftest import site_factory  # noqa: F401 - the real-master fixture, reused
 
@@ -36,7 +37,7 @@ class FakeMaster(Master):
 
     def set_site(self, text: str) -> None:
         data = textwrap.dedent(text).encode()
-        self._apply(load_text(data, self.site.path), data, explicit=True)
+        self._apply(LoadedSite.from_config(load_text(data, self.site.path)), data)
 
     def add_worker(self, app: str, phase: Phase = Phase.READY, revision: str | None = None, pid: int = 0,
                    started: float = 0.0) -> channel.WorkerEnd:

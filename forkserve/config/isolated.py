@@ -1,0 +1,104 @@
+"""Validate a site file in a short-lived child process; the master gets plain frozen values back.
+
+Why: pydantic and the models cost about 20 MB of memory, and every worker is forked from the master, so a
+master that imported them would hand those pages to every worker of every app. Validating in a child also
+means no site file, however hostile (deep nesting, huge strings), can exhaust the master's memory or raise
+inside its loop: the worst case is a child that dies or times out, reported as a located error.
+
+The child is a plain fork (no exec: it starts from the master's lean memory), imports the loader, validates,
+and writes a pickle of either a `LoadedSite` or the list of `Diagnostic`s to a pipe. Only our own forked code
+writes to that pipe. The master waits for the answer with a deadline; workers keep serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import time
+
+from forkserve.config.errors import ConfigError, Diagnostic
+from forkserve.spec import LoadedSite
+
+TIMEOUT = 20.0  # seconds; a 1 MiB file validates in well under a second
+
+
+def load_site(data: bytes, path: str, timeout: float = TIMEOUT) -> LoadedSite:
+    """The site file's content -> LoadedSite, validated in a child process. Raises ConfigError."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+        os.close(read_fd)
+        _child(data, path, write_fd)
+    os.close(write_fd)
+    try:
+        payload = _read_all(read_fd, time.monotonic() + timeout)
+    finally:
+        os.close(read_fd)
+    status = _reap(pid, timeout_hit=payload is None)
+    if not payload:
+        why = "timed out" if payload is None else f"stopped ({_describe(status)})"
+        raise ConfigError([Diagnostic(path, None, None, "", f"validation {why}; the site file was not applied")])
+    kind, value = pickle.loads(payload)
+    if kind == "ok":
+        return value  # type: ignore[no-any-return]
+    raise ConfigError(value)
+
+
+def _child(data: bytes, path: str, write_fd: int) -> None:
+    code = 0
+    try:
+        signal.set_wakeup_fd(-1)  # signals meant for the master must not wake it through us
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        from forkserve.config.load import load_text
+
+        try:
+            result: tuple[str, object] = ("ok", LoadedSite.from_config(load_text(data, path)))
+        except ConfigError as exc:
+            result = ("error", exc.diagnostics)
+        except Exception as exc:  # a bug in the loader must still reach the operator, located at the file
+            result = ("error", [Diagnostic(path, None, None, "", f"internal error while validating: {exc!r}")])
+        blob = pickle.dumps(result)
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(write_fd, view):]
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _read_all(fd: int, deadline: float) -> bytes | None:
+    """Everything the child writes until it closes the pipe; None on timeout."""
+    chunks = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _reap(pid: int, timeout_hit: bool) -> int:
+    if timeout_hit:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:  # already reaped by someone else: nothing more to learn
+        return 0
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
