@@ -136,6 +136,7 @@ class Master:
         if loaded.server.watch:
             self.watcher = SiteWatcher(self.site.path, self.wake_w)
             self.watcher.start()
+        _set_title(f"forkserve: master [{self.site.path}]")
         log.info("forkserve master %d started for %s (site revision %s)", os.getpid(), self.site.path,
                  self.site.revision)
 
@@ -473,6 +474,14 @@ class Master:
         if not first:
             log.info("%s", self.site.last_result)
         return self.site.last_result
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:  # optional: ps shows "python -m forkserve up ..." instead
+        return
+    setproctitle.setproctitle(title)
 
 
 def _indent(text: str) -> str:

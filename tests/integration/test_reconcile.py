@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from tests.integration.conftest import Site, get, wait_until
+from tests.integration.conftest import APPS, Site, get, wait_until
 
 
 def app_block(name: str, workers: int = 2, tag: str = "v1", binds: str = '"127.0.0.1:0"', extra: str = "") -> str:
@@ -222,3 +222,22 @@ def test_watch_false_ignores_edits_until_hup(site_factory) -> None:
     assert len(worker_pids(site)) == 1
     site.signal(signal.SIGHUP)
     wait_until(lambda: site.ready("web", 2))
+
+
+def test_a_kubernetes_configmap_swap_is_applied(site_factory, tmp_path) -> None:
+    """ConfigMap volumes: site.toml -> ..data/site.toml, and ..data is a symlink swapped atomically."""
+    def publish(version: str, text: str) -> None:
+        target = tmp_path / f"..{version}"
+        target.mkdir()
+        (target / "site.toml").write_text(text.replace("@APPS@", str(APPS)))
+        (tmp_path / "..data_tmp").symlink_to(target.name)
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")  # the atomic swap the kubelet does
+
+    site = site_factory(app_block("web", 1), name="seed.toml")  # a Site only for its helpers and cleanup
+    publish("v1", app_block("web", 1))
+    (tmp_path / "site.toml").symlink_to("..data/site.toml")
+    site.path = tmp_path / "site.toml"
+    site.start()
+    wait_until(lambda: site.ready("web", 1))
+    publish("v2", app_block("web", 2))
+    wait_until(lambda: site.ready("web", 2), what="the swapped ConfigMap to apply")
