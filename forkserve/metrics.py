@@ -36,6 +36,7 @@ from typing import Any
 
 from forkserve.channel import DURATION_BUCKETS, Counters
 from forkserve.config.binds import parse_bind
+from forkserve.control.loop import LoopConnections
 from forkserve.sockets import Listener, close_listener, open_listener
 from forkserve.status import RESTART_CAUSES, worker_state
 
@@ -246,17 +247,18 @@ def _response(status: int, body: str, head: bool = False, content_type: str = "t
     return header if head else header + data
 
 
-class MetricsServer:
+class MetricsServer(LoopConnections):
+    idle_timeout = IDLE_TIMEOUT
+
     def __init__(self, address: str, metrics: Metrics, selector: selectors.BaseSelector,
                  inherited: list[int] | None = None) -> None:
         bind = parse_bind(address)
         if bind.kind != "tcp":
             raise ValueError(f"metrics: {address!r} must be HOST:PORT")
+        super().__init__(selector)
         self.metrics = metrics
-        self.selector = selector
         self.listener: Listener = open_listener(bind, 64, 0o600, inherited)
         self.listener.sock.setblocking(False)
-        self.connections: dict[int, _HTTPConnection] = {}
         selector.register(self.listener.sock, selectors.EVENT_READ, self._accept)
 
     @property
@@ -292,22 +294,8 @@ class MetricsServer:
             return _response(405, "method not allowed\n")
         return _response(200, self.metrics.render(), head=method == "HEAD", content_type=CONTENT_TYPE)
 
-    def forget(self, connection: _HTTPConnection) -> None:
-        fd = connection.sock.fileno()
-        if fd >= 0:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(connection.sock)
-            self.connections.pop(fd, None)
-        connection.sock.close()
-
-    def tick(self, now: float) -> None:
-        for connection in list(self.connections.values()):
-            if now - connection.last > IDLE_TIMEOUT:
-                self.forget(connection)
-
     def close(self) -> None:
-        for connection in list(self.connections.values()):
-            self.forget(connection)
+        self.forget_all()
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(self.listener.sock)
         close_listener(self.listener)

@@ -119,7 +119,9 @@ def _bind_failure(bind: BindAddress, exc: OSError) -> str:
 
 def _unix(bind: BindAddress, backlog: int, mode: int) -> Listener:
     path = bind.path
-    _remove_stale_unix_socket(bind)
+    problem = remove_stale_unix_socket(path)
+    if problem:
+        raise BindError(f"{bind}: {problem}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o777 & ~mode)  # created with the right mode, never chmod-ed after (no window)
     try:
@@ -133,24 +135,25 @@ def _unix(bind: BindAddress, backlog: int, mode: int) -> Listener:
     return Listener(bind, sock, f"unix:{path}", owns_path=True)
 
 
-def _remove_stale_unix_socket(bind: BindAddress) -> None:
+def remove_stale_unix_socket(path: str) -> str | None:
+    """Remove a socket file nobody listens on. Returns why the path cannot be used, or None when it can."""
     try:
-        st = os.lstat(bind.path)
+        st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return None
     if not stat.S_ISSOCK(st.st_mode):
-        raise BindError(f"{bind}: {bind.path} exists and is not a socket; refusing to replace it")
+        return f"{path} exists and is not a socket; refusing to replace it"
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.connect(bind.path)
+        probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(bind.path)  # stale: a socket file nobody listens on
-        return
+        os.unlink(path)  # stale: left by a process that is gone
+        return None
     except OSError as exc:
-        raise BindError(f"{bind}: cannot check the existing socket file: {exc.strerror}") from None
+        return f"cannot check the existing socket file {path}: {exc.strerror}"
     finally:
         probe.close()
-    raise BindError(f"{bind}: another process is listening on {bind.path}")
+    return f"another process is already listening on {path}"
 
 
 def open_listener(bind: BindAddress, backlog: int, unix_mode: int, inherited: list[int] | None = None) -> Listener:

@@ -30,7 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 from forkserve.control import protocol
+from forkserve.control.loop import LoopConnections
 from forkserve.control.protocol import ProtocolError, Request
+from forkserve.sockets import remove_stale_unix_socket
 
 IDLE_TIMEOUT = 5.0
 MAX_CONNECTIONS = 32
@@ -62,26 +64,6 @@ def prepare_directory(path: str) -> None:
     if os.path.basename(directory).startswith("forkserve") and (st.st_uid != os.getuid() or st.st_mode & 0o077):
         raise ControlSocketError(f"{directory} must be a directory owned by uid {os.getuid()} with mode 0700 "
                                  f"(found uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
-
-
-def _remove_stale(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ControlSocketError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
-        return
-    except OSError as exc:
-        raise ControlSocketError(f"cannot check the existing socket {path}: {exc.strerror}") from None
-    finally:
-        probe.close()
-    raise ControlSocketError(f"another master is already listening on {path}")
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -172,18 +154,21 @@ class _Connection:
         self.server.forget(self)
 
 
-class ControlServer:
+class ControlServer(LoopConnections):
+    idle_timeout = IDLE_TIMEOUT
+
     def __init__(self, path: str, dispatch: Dispatch, selector: selectors.BaseSelector) -> None:
+        super().__init__(selector)
         self.path = path
         self.dispatch = dispatch
-        self.selector = selector
         self.sock: socket.socket | None = None
-        self.connections: dict[int, _Connection] = {}
         self._inode: tuple[int, int] | None = None
 
     def open(self) -> None:
         prepare_directory(self.path)
-        _remove_stale(self.path)
+        problem = remove_stale_unix_socket(self.path)
+        if problem:  # most likely another master of the same site file
+            raise ControlSocketError(problem)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # 0600 from the moment the file exists
         try:
@@ -241,22 +226,8 @@ class ControlServer:
             log.exception("control command %s failed", request.command)
             return protocol.error(f"{request.command} failed in the master: {exc}")
 
-    def forget(self, connection: _Connection) -> None:
-        fd = connection.sock.fileno()
-        if fd >= 0:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(connection.sock)
-            self.connections.pop(fd, None)
-        connection.sock.close()
-
-    def tick(self, now: float) -> None:
-        for connection in list(self.connections.values()):
-            if now - connection.last > IDLE_TIMEOUT:
-                self.forget(connection)
-
     def close(self) -> None:
-        for connection in list(self.connections.values()):
-            self.forget(connection)
+        self.forget_all()
         if self.sock is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(self.sock)
