@@ -4,7 +4,7 @@
     python3 dev.py site   # run the example site (examples/configs/site.toml) in the foreground
     python3 dev.py test   # run the whole test suite
 
-Both create ./.venv on first use and install forkserve into it (editable, with the test extra),
+Both create ./.venv on first use and install forkserve into it (editable, with the test and bench extras),
 so a fresh clone needs nothing installed by hand. Extra arguments are passed through
 (to `forkserve up` for `site`, to pytest for `test`).
 """
@@ -35,9 +35,9 @@ def ensure_venv() -> None:
     if not PY.exists():
         print("creating .venv ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("installing forkserve[test] into .venv ...", flush=True)
+    print("installing forkserve[test,bench] into .venv ...", flush=True)
     subprocess.run([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True)
+    subprocess.run([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test,bench]"], check=True)
     STAMP.write_text(want)
 
 
