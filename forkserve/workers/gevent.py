@@ -3,8 +3,19 @@
 Imported only in gevent worker processes (never in the master): `prepare()` monkey-patches before the app is
 imported. Per listener an accept-loop greenlet (hand-written rather than gevent's StreamServer: fewer layers on
 the path, and we control shutdown) takes a slot of a semaphore of `worker_connections`, accepts, and starts a
-raw greenlet running the shared HTTP connection loop. gevent sockets wait on the hub only when a recv/send would
-block, so a keep-alive request costs one recv and one send.
+raw greenlet running the shared HTTP connection loop.
+
+Lean I/O: the listener and the client sockets are plain non-blocking `_socket.socket` objects, not gevent's
+socket wrappers. A recv or send is tried first; only when it would block does the connection create (once) a
+libev io watcher for its fd and wait on the hub. So a keep-alive request costs one recv and one send, a new
+connection accept4 + ioctl(FIONBIO) + recv + send + close, and nothing else: no getsockopt(SO_SNDBUF) per send
+and no getsockname/fcntl per accept as gevent's socket does, no watcher objects for a connection that never
+waits.
+
+Timeouts are not timers per wait: a waiting connection records its deadline, and a sweeper greenlet (every
+`period` seconds, a quarter of the shortest timeout, at most 0.5 s) throws TimeoutError into connections whose
+deadline has passed, from a hub callback, and only if they still wait on the same waiter. A timeout thus fires
+up to `period` late, which no client can tell from network jitter.
 
 Heartbeat: a greenlet ticks every half second. If the app blocks the event loop, it stops ticking, and the
 master kills the worker after `timeout`. Signals are libev watchers (they run in the hub, never inside a
@@ -19,6 +30,7 @@ import _socket
 import os
 import signal
 import socket
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from forkserve.http.body import ClientDisconnected
@@ -28,6 +40,10 @@ from forkserve.workers.base import EXIT_OK, TICK_SECONDS, log
 if TYPE_CHECKING:
     from forkserve.workers.base import Worker
 
+READ = 1  # libev EV_READ
+WRITE = 2  # libev EV_WRITE
+ACCEPT_BATCH = 8  # connections accepted in a row before the accept loop lets the hub run
+
 
 def prepare() -> None:
     from gevent import monkey
@@ -36,55 +52,124 @@ def prepare() -> None:
 
 
 class GeventConnection(Connection):
-    __slots__ = ("current_timeout",)
+    """A connection on a raw non-blocking socket; waits on lazily created libev watchers."""
 
-    def has_pending_data(self) -> bool:
-        # peek on the real socket under gevent's: gevent's recv would wait for data instead of saying "none"
+    __slots__ = ("deadline", "hub", "reader", "waiter", "writer")
+
+    def _wait(self, events: int, timeout: float) -> None:
+        if events == READ:
+            watcher = self.reader
+            if watcher is None:
+                watcher = self.reader = self.hub.loop.io(self.sock.fileno(), READ)
+        else:
+            watcher = self.writer
+            if watcher is None:
+                watcher = self.writer = self.hub.loop.io(self.sock.fileno(), WRITE)
+        waiter = _Waiter(self.hub)
+        watcher.start(waiter.switch, None)
+        self.deadline = monotonic() + timeout if timeout > 0 else 0.0
+        self.waiter = waiter
         try:
-            return bool(_socket.socket.recv(self.sock._sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except OSError:  # BlockingIOError included: nothing there
-            return False
+            waiter.get()
+        finally:
+            watcher.stop()
+            self.waiter = None
+
+    def expire(self, waiter: Any) -> None:
+        """Hub callback of the sweeper: time out the wait if it is still the same one."""
+        if self.waiter is waiter:
+            waiter.throw(TimeoutError("timed out"))
 
     def _recv(self, n: int, timeout: float) -> bytes:
-        if timeout != self.current_timeout:
-            self.current_timeout = timeout
-            self.sock.settimeout(timeout if timeout > 0 else None)
-        return self.sock.recv(n)
+        sock = self.sock
+        try:
+            return sock.recv(n)
+        except BlockingIOError:
+            pass
+        while True:
+            self._wait(READ, timeout)
+            try:
+                return sock.recv(n)
+            except BlockingIOError:
+                continue
+
+    def _sendall(self, data: bytes) -> None:
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        while view:
+            self._wait(WRITE, self.ctx.timeout)
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                continue
+            view = view[sent:]
 
     def _sendfile(self, fd: int, offset: int, count: int) -> None:
-        from gevent.socket import wait_write
-
         out = self.sock.fileno()
         while count > 0:
             try:
                 sent = os.sendfile(out, fd, offset, count)
             except BlockingIOError:
-                wait_write(out, timeout=self.ctx.timeout)
+                self._wait(WRITE, self.ctx.timeout)
                 continue
             if sent == 0:
                 raise ClientDisconnected("sendfile: no progress (file truncated?)")
             offset += sent
             count -= sent
 
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            # stopped watchers (every wait stops its own); drop them before the fd number can be reused
+            if self.reader is not None:
+                self.reader.close()
+                self.reader = None
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+
+
+_Waiter: Any = None
+
+
+def sweep_period(ctx: Any) -> float:
+    timeouts = [t for t in (ctx.timeout, ctx.keepalive) if t > 0]
+    return min(0.5, max(0.02, min(timeouts) / 4)) if timeouts else 0.5
+
 
 def serve(worker: Worker) -> int:  # noqa: C901
+    global _Waiter
     import gevent
     import gevent.event
-    import gevent.socket
+    from gevent.hub import Waiter
     from gevent.lock import Semaphore
 
+    _Waiter = Waiter
     ctx = worker.ctx
     assert ctx is not None
+    hub = gevent.get_hub()
+    loop = hub.loop
     active: dict[Any, GeventConnection] = {}  # greenlet -> its connection
     slots = Semaphore(worker.spec.worker_connections)
     getcurrent = gevent.getcurrent
     spawn_raw = gevent.spawn_raw
     done = gevent.event.Event()
+    sock_type = socket.SOCK_STREAM
+    raw_socket = _socket.socket
 
     def handle(sock: Any, env: dict[str, Any]) -> None:
         me = getcurrent()
         conn = GeventConnection(ctx, sock, env)
-        conn.current_timeout = -1.0
+        conn.hub = hub
+        conn.reader = conn.writer = conn.waiter = None
+        conn.deadline = 0.0
         active[me] = conn
         try:
             conn.serve()
@@ -92,34 +177,60 @@ def serve(worker: Worker) -> int:  # noqa: C901
             del active[me]
             slots.release()
 
-    def accept_loop(listener: Any, base: dict[str, Any]) -> None:
-        while not ctx.stopping:
-            slots.acquire()
-            try:
-                sock, address = listener.accept()
-            except OSError as exc:
-                slots.release()
-                if ctx.stopping:
-                    return
-                log.warning("accept failed: %s", exc)
-                gevent.sleep(0.05)
-                continue
-            spawn_raw(handle, sock, connection_environ(base, address))
+    def accept_loop(listener: socket.socket, base: dict[str, Any]) -> None:
+        accept = listener._accept  # type: ignore[attr-defined]
+        family, proto = listener.family, listener.proto
+        watcher = loop.io(listener.fileno(), READ)
+        batch = 0
+        try:
+            while not ctx.stopping:
+                slots.acquire()
+                while True:
+                    try:
+                        fd, address = accept()
+                        break
+                    except BlockingIOError:
+                        batch = 0
+                        hub.wait(watcher)
+                    except OSError as exc:
+                        if ctx.stopping:
+                            slots.release()
+                            return
+                        log.warning("accept failed: %s", exc)
+                        gevent.sleep(0.05)
+                sock = raw_socket(family, sock_type, proto, fd)
+                sock.settimeout(0.0)
+                spawn_raw(handle, sock, connection_environ(base, address))
+                batch += 1
+                if batch >= ACCEPT_BATCH:  # let the accepted connections (and the other workers) get going
+                    batch = 0
+                    gevent.sleep(0)
+        finally:
+            watcher.stop()
 
     def heartbeat() -> None:
         while True:
             worker.tick()
             gevent.sleep(TICK_SECONDS)
 
+    def sweeper() -> None:
+        period = sweep_period(ctx)
+        while True:
+            gevent.sleep(period)
+            now = monotonic()
+            for conn in list(active.values()):
+                waiter = conn.waiter
+                if waiter is not None and 0.0 < conn.deadline <= now:
+                    loop.run_callback(conn.expire, waiter)
+
     acceptors = []
     listeners = []
-    for plain in worker.listeners:
-        if plain.family in (socket.AF_INET, socket.AF_INET6):
-            plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
-        base = base_environ(plain, worker.errors)
-        listener = gevent.socket.socket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+    for listener in worker.listeners:
+        if listener.family in (socket.AF_INET, socket.AF_INET6):
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
+        listener.setblocking(False)
         listeners.append(listener)
-        acceptors.append(gevent.spawn(accept_loop, listener, base))
+        acceptors.append(gevent.spawn(accept_loop, listener, base_environ(listener, worker.errors)))
 
     def graceful() -> None:
         if ctx.stopping:
@@ -128,11 +239,11 @@ def serve(worker: Worker) -> int:  # noqa: C901
         gevent.spawn(shutdown)
 
     def shutdown() -> None:
-        gevent.killall(acceptors, block=False)
+        gevent.killall(acceptors, block=True)
         for listener in listeners:
             listener.close()
-        deadline = gevent.get_hub().loop.now() + worker.spec.graceful_timeout
-        while active and gevent.get_hub().loop.now() < deadline:
+        deadline = loop.now() + worker.spec.graceful_timeout
+        while active and loop.now() < deadline:
             for greenlet, conn in list(active.items()):
                 if conn.waiting and not conn.has_pending_data():  # idle keep-alive, nothing sent: close
                     gevent.kill(greenlet)
@@ -149,5 +260,6 @@ def serve(worker: Worker) -> int:  # noqa: C901
     gevent.signal_handler(signal.SIGQUIT, worker.exit, EXIT_OK)
     gevent.signal_handler(signal.SIGUSR1, reopen)
     gevent.spawn(heartbeat)
+    gevent.spawn(sweeper)
     done.wait()
     return EXIT_OK
