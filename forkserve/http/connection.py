@@ -25,12 +25,13 @@ import socket
 import stat
 from collections.abc import Callable
 from time import perf_counter
+from time import time as _time
 from typing import Any
 
 from forkserve.channel import CONNECTIONS, IN_FLIGHT
 from forkserve.http.body import EMPTY, ClientDisconnected
 from forkserve.http.parse import REASONS, ParseError, RequestParser
-from forkserve.http.response import CLOCK, SERVER_LINE, FileWrapper, date_tail, error_response, status_entry
+from forkserve.http.response import CLOCK, FileWrapper, error_response, status_entry
 
 RECV_SIZE = 65536
 SMALL_BODY = 65536  # below this the body is copied behind the header block: one send
@@ -38,6 +39,61 @@ DRAIN_LIMIT = 1 << 20  # unread request body we read and drop to keep a connecti
 LINGER_BYTES = 1 << 18
 LINGER_SECONDS = 1.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+HEADS_CACHE = 512  # distinct (status, headers) pairs whose rendered header block is kept
+_HEADS: dict[Any, tuple[bytes, int, int, bool, str, bool]] = {}
+
+
+def head_entry(status: str, headers: Any) -> tuple[bytes, int, int, bool, str, bool]:
+    """render_head's result, cached per (status, headers) value."""
+    items = tuple(headers)
+    key = (status, items)
+    try:
+        entry = _HEADS.get(key)
+    except TypeError:  # a list or another unhashable thing among the headers: no caching
+        return render_head(status, items)
+    if entry is None:
+        entry = render_head(status, items)
+        if len(_HEADS) >= HEADS_CACHE:
+            _HEADS.clear()
+        _HEADS[key] = entry
+    return entry
+
+
+def render_head(status: str, headers: Any) -> tuple[bytes, int, int, bool, str, bool]:
+    """Validate and render the app's status and headers once:
+    (status line + the app's headers, code, the app's Content-Length or -1, keep-alive allowed by the app,
+    the CLOCK attribute that ends the block, bodyless status)."""
+    line, code = status_entry(status)
+    declared = -1
+    keep_ok = server = date = True
+    parts = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "content-length":
+            declared = int(value)
+            if declared < 0:
+                raise ValueError(f"negative Content-Length {value!r}")
+        elif lower == "connection":
+            if "close" in value.lower():
+                keep_ok = False
+            continue
+        elif lower == "transfer-encoding" or lower == "keep-alive":
+            continue  # hop-by-hop: the framing is ours
+        elif lower == "server":
+            server = False
+        elif lower == "date":
+            date = False
+        parts.append(f"{name}: {value}\r\n")
+    text = "".join(parts)
+    if text.count("\n") != len(parts) or text.count("\r") != len(parts):
+        raise ValueError("CR or LF inside a response header name or value")
+    bodyless = code < 200 or code == 204 or code == 304
+    if bodyless:
+        declared = -1
+    ends = ("end" if server else "date_end") if date else ("server_end" if server else "blank_end")
+    return (line + text).encode("latin-1"), code, declared, keep_ok, ends, bodyless
 
 
 class Context:
@@ -282,66 +338,44 @@ class Connection:
         self.headers = headers
         return self.write
 
-    def build_head(self, length: int | None) -> bytes:  # noqa: C901
+    def build_head(self, length: int | None) -> bytes:
         """The header block; `length` is the whole body's size when known (we then add Content-Length)."""
         status = self.status
         if status is None:
             raise AssertionError("the app did not call start_response")
-        line, code = status_entry(status)
+        prefix, code, declared, keep_ok, ends, bodyless = head_entry(status, self.headers)
         self.code = code
-        keep = self.keep and not self.ctx.stopping
+        self.bodyless = bodyless
+        keep = self.keep and keep_ok and not self.ctx.stopping
         if keep and self.stream.expect and not self.stream.complete:
             keep = False  # we never asked for the body ("100 Continue"): the client may or may not send it
-        declared = -1
-        server = date = True
-        parts = []
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == "content-length":
-                declared = int(value)
-                if declared < 0:
-                    raise ValueError(f"negative Content-Length {value!r}")
-            elif lower == "connection":
-                if "close" in value.lower():
-                    keep = False
-                continue
-            elif lower == "transfer-encoding" or lower == "keep-alive":
-                continue  # hop-by-hop: the framing is ours
-            elif lower == "server":
-                server = False
-            elif lower == "date":
-                date = False
-            parts.append(f"{name}: {value}\r\n")
-        text = "".join(parts)
-        if text.count("\n") != len(parts) or text.count("\r") != len(parts):
-            raise ValueError("CR or LF inside a response header name or value")
-        extra = [line, text]
-        self.bodyless = bodyless = code < 200 or code == 204 or code == 304
+        now = _time()
+        if int(now) != CLOCK.second:
+            CLOCK.update(now)
+        if declared >= 0 and keep and not self.http10:  # the common case: the app gave Content-Length
+            self.remaining = declared
+            self.keep = True
+            return prefix + getattr(CLOCK, ends)
+        parts = [prefix]
         if bodyless:
             declared = -1
         elif declared < 0 and not self.head:
             if length is not None:
                 declared = length
-                extra.append(f"Content-Length: {length}\r\n")
+                parts.append(b"Content-Length: %d\r\n" % length)
             elif not self.http10:
                 self.chunked = True
-                extra.append("Transfer-Encoding: chunked\r\n")
+                parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 keep = False  # HTTP/1.0 without a length: the end of the body is the close
         self.remaining = declared
         if not keep:
-            extra.append("Connection: close\r\n")
+            parts.append(b"Connection: close\r\n")
         elif self.http10:
-            extra.append("Connection: keep-alive\r\n")
+            parts.append(b"Connection: keep-alive\r\n")
         self.keep = keep
-        tail = date_tail()
-        if server and date:
-            extra.append(tail)
-        else:
-            extra.append((CLOCK.date if date else "") + (SERVER_LINE if server else ""))
-        extra.append("\r\n")
-        text = "".join(extra)
-        return text.encode("latin-1")
+        parts.append(getattr(CLOCK, ends))
+        return b"".join(parts)
 
     def write_list(self, result: list[bytes]) -> None:
         body = result[0] if len(result) == 1 else b"".join(result)

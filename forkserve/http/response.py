@@ -33,17 +33,23 @@ def status_entry(status: str) -> tuple[str, int]:
 class _Clock:
     """Date header and access-log timestamp, formatted at most once per second."""
 
-    __slots__ = ("date", "second", "stamp", "tail")
+    __slots__ = ("blank_end", "date", "date_end", "end", "second", "server_end", "stamp", "tail")
 
     def __init__(self) -> None:
         self.second = -1
         self.date = self.tail = self.stamp = ""
+        # the end of a header block as bytes: Date and/or Server (unless the app set them), blank line
+        self.end = self.date_end = b""
+        self.server_end = f"{SERVER_LINE}\r\n".encode("latin-1")
+        self.blank_end = b"\r\n"
 
     def update(self, now: float) -> None:
         second = int(now)
         self.second = second
         self.date = f"Date: {formatdate(second, usegmt=True)}\r\n"
         self.tail = self.date + SERVER_LINE
+        self.end = f"{self.tail}\r\n".encode("latin-1")
+        self.date_end = f"{self.date}\r\n".encode("latin-1")
         self.stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
 
 
