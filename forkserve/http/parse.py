@@ -32,6 +32,8 @@ REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
 
 _KEYS: dict[bytes, str] = {}  # raw header name -> environ key ("" = dropped); bounded below
 _METHODS: dict[bytes, str] = {}
+URLS_CACHE = 1024  # request targets whose split and decoded form is kept
+_URLS: dict[bytes, tuple[str, str, str]] = {}
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "0.9": "HTTP/0.9"}
 
 
@@ -154,21 +156,7 @@ class RequestParser:
         env["REQUEST_METHOD"] = _METHODS.get(method) or _method(method)
         version = parser.get_http_version()
         env["SERVER_PROTOCOL"] = _PROTOCOLS.get(version) or "HTTP/" + version
-        env["RAW_URI"] = url.decode("latin-1")
-        if url[:1] == b"/":
-            path, _, query = url.partition(b"?")
-            if b"#" in url:
-                path = path.partition(b"#")[0]
-                query = query.partition(b"#")[0]
-        elif url == b"*":
-            path, query = b"", b""
-        else:  # absolute-form (a proxy request): keep path and query
-            parsed = httptools.parse_url(url)
-            path, query = parsed.path or b"/", parsed.query or b""
-        if b"%" in path:
-            path = unquote_to_bytes(path)
-        env["PATH_INFO"] = path.decode("latin-1")
-        env["QUERY_STRING"] = query.decode("latin-1")
+        env["RAW_URI"], env["PATH_INFO"], env["QUERY_STRING"] = _URLS.get(url) or split_url(url)
         length = env.get("CONTENT_LENGTH")
         if (length is None or length == "0") and "HTTP_TRANSFER_ENCODING" not in env:
             stream: Any = EMPTY
@@ -190,6 +178,27 @@ class RequestParser:
         if stream is not EMPTY:
             stream.complete = True
         self.current = None
+
+
+def split_url(url: bytes) -> tuple[str, str, str]:
+    """(RAW_URI, PATH_INFO, QUERY_STRING) of a request target; cached (bounded)."""
+    if url[:1] == b"/":
+        path, _, query = url.partition(b"?")
+        if b"#" in url:
+            path = path.partition(b"#")[0]
+            query = query.partition(b"#")[0]
+    elif url == b"*":
+        path, query = b"", b""
+    else:  # absolute-form (a proxy request): keep path and query
+        parsed = httptools.parse_url(url)
+        path, query = parsed.path or b"/", parsed.query or b""
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    entry = (url.decode("latin-1"), path.decode("latin-1"), query.decode("latin-1"))
+    if len(_URLS) >= URLS_CACHE:
+        _URLS.clear()
+    _URLS[url] = entry
+    return entry
 
 
 def _method(raw: bytes) -> str:
