@@ -12,6 +12,7 @@ which is the common case) and only then poll, ticking the heartbeat every half s
 
 from __future__ import annotations
 
+import _socket
 import os
 import select
 import signal
@@ -114,6 +115,8 @@ def serve(worker: Worker) -> int:  # noqa: C901
     poller.register(wake_r, select.POLLIN)
     tick = worker.tick
     poll_ms = TICK_SECONDS * 1000
+    raw_socket = _socket.socket
+    sock_type = socket.SOCK_STREAM
     while not ctx.stopping:
         tick()
         for fd, _ in poller.poll(poll_ms):
@@ -124,14 +127,18 @@ def serve(worker: Worker) -> int:  # noqa: C901
                     pass
                 continue
             listener, base = by_fd[fd]
+            accept = listener._accept  # type: ignore[attr-defined]
+            family, proto = listener.family, listener.proto
             while not ctx.stopping:
                 try:
-                    sock, address = listener.accept()
+                    sock_fd, address = accept()
                 except BlockingIOError:
                     break
                 except OSError as exc:  # EMFILE, ECONNABORTED...: log, go back to poll
                     worker_log_accept_error(exc)
                     break
+                # a plain blocking _socket.socket: none of socket.socket's Python-level wrapping per connection
+                sock = raw_socket(family, sock_type, proto, sock_fd)
                 conn = SyncConnection(ctx, sock, connection_environ(base, address))
                 conn.worker = worker
                 conn.serve()
