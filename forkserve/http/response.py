@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from email.utils import formatdate
 from typing import Any
 
 SERVER = "forkserve"
@@ -30,6 +29,18 @@ def status_entry(status: str) -> tuple[str, int]:
     return entry
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(second: int) -> str:
+    """IMF-fixdate (RFC 9110), "Sun, 06 Nov 1994 08:49:37 GMT"; English names whatever the locale. Written out
+    here rather than email.utils.formatdate: that import costs a sync worker ~30 modules and ~2 MB."""
+    t = time.gmtime(second)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+
+
 class _Clock:
     """Date header and access-log timestamp, formatted at most once per second."""
 
@@ -46,7 +57,7 @@ class _Clock:
     def update(self, now: float) -> None:
         second = int(now)
         self.second = second
-        self.date = f"Date: {formatdate(second, usegmt=True)}\r\n"
+        self.date = f"Date: {http_date(second)}\r\n"
         self.tail = self.date + SERVER_LINE
         self.end = f"{self.tail}\r\n".encode("latin-1")
         self.date_end = f"{self.date}\r\n".encode("latin-1")
