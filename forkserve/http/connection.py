@@ -39,6 +39,7 @@ DRAIN_LIMIT = 1 << 20  # unread request body we read and drop to keep a connecti
 LINGER_BYTES = 1 << 18
 LINGER_SECONDS = 1.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+STOP_IDLE_GRACE = 1.0  # seconds an idle keep-alive connection of a stopping worker may still send a request
 
 
 HEADS_CACHE = 512  # distinct (status, headers) pairs whose rendered header block is kept
@@ -238,8 +239,12 @@ class Connection:
                 return
             idle = parser.idle
             between = idle and served  # served one request already, waiting for the next
-            if parser.upgraded or (ctx.stopping and between and not self.has_pending_data()):
+            if parser.upgraded:
                 return
+            if ctx.stopping and between:
+                # The client may be sending its next request on this connection right now: closing would drop
+                # it. Wait a moment for it (answered with Connection: close); close only if none comes.
+                timeout = min(timeout, STOP_IDLE_GRACE) if timeout > 0 else STOP_IDLE_GRACE
             self.waiting = between
             try:
                 data = self._recv(RECV_SIZE, timeout if idle else ctx.timeout)
