@@ -83,10 +83,11 @@ class GeventConnection(Connection):
 
     def _recv(self, n: int, timeout: float) -> bytes:
         sock = self.sock
-        try:
-            return sock.recv(n)
-        except BlockingIOError:
-            pass
+        if not self.waiting:  # between two requests the client is usually still reading our answer: wait first
+            try:
+                return sock.recv(n)
+            except BlockingIOError:
+                pass
         while True:
             self._wait(READ, timeout)
             try:
