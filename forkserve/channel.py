@@ -136,6 +136,27 @@ class WorkerEnd:
         s[i] += 1
 
 
+def create_for_zygote() -> tuple[MasterEnd, int, int]:
+    """A channel for a worker that a preload zygote forks: the slot lives in a memfd (the zygote was forked
+    before this slot existed, so an anonymous mapping could not reach it). Returns the master's end and the
+    two fds (memfd, event pipe write end) to pass to the zygote; the caller closes them once passed."""
+    memfd = os.memfd_create("forkserve-worker-slot", os.MFD_CLOEXEC)
+    os.ftruncate(memfd, SLOT_BYTES)
+    region = mmap.mmap(memfd, SLOT_BYTES)
+    slot = memoryview(region).cast("Q")
+    slot[HEARTBEAT] = time.monotonic_ns()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    return MasterEnd(slot, read_fd), memfd, write_fd
+
+
+def worker_end_from_fds(memfd: int, write_fd: int) -> WorkerEnd:
+    """The worker's end of a `create_for_zygote` channel, in the forked worker."""
+    region = mmap.mmap(memfd, SLOT_BYTES)
+    os.close(memfd)
+    return WorkerEnd(memoryview(region).cast("Q"), write_fd)
+
+
 def create() -> tuple[MasterEnd, WorkerEnd, mmap.mmap]:
     """Make both ends before fork. The caller closes the other side's fd after fork."""
     region = mmap.mmap(-1, SLOT_BYTES)  # anonymous + MAP_SHARED: both processes see the same page

@@ -32,6 +32,7 @@ from forkserve.config.isolated import load_site
 from forkserve.control.plane import ControlPlane, attach
 from forkserve.control.server import ControlSocketError
 from forkserve.plan import Action, CloseListener, Kill, OpenListener, Retire, Spawn, plan
+from forkserve.preload import Preloads
 from forkserve.sockets import BindError, Listener, close_listener, open_listener, systemd_fds
 from forkserve.spec import AppSpec, DesiredState, LoadedSite, ServerSettings
 from forkserve.state import Backoff, Observed, Phase, WorkerView
@@ -95,6 +96,7 @@ class Master:
         self.wake_r, self.wake_w = os.pipe()
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
+        self.preloads = Preloads(self)
         self.on_loop: list[Callable[[float], None]] = []  # extra per-wake hooks (control plane, metrics)
         # around every reload: before(explicit) and after(explicit, result line); sd_notify and metrics use them
         self.before_reload: list[Callable[[bool], None]] = []
@@ -126,6 +128,7 @@ class Master:
                     self.close_all_listeners()
                     raise StartupError(f"app {action.app!r}: cannot bind {exc}") from None
         self._install_signals()
+        process.become_subreaper()  # orphans of a dead preload process come back to us to be reaped
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake_pipe)
         try:
             self.control = attach(self)
@@ -146,6 +149,7 @@ class Master:
         self.listeners.clear()
 
     def shutdown(self) -> None:
+        self.preloads.close()
         if self.watcher:
             self.watcher.stop()
         if self.control:
@@ -176,11 +180,12 @@ class Master:
             self._read_heartbeats()
             self._maybe_reload(now)
             self._clear_healthy_backoff(now)
+            self.preloads.tick(now)
             self.execute(plan(self.desired, self.observed(), now), now)
             self._log_convergence()
             for hook in self.on_loop:
                 hook(now)
-            if self.desired.stopping and not self.workers:
+            if self.desired.stopping and not self.workers and not self.preloads.zygotes:
                 return 0
 
     def observed(self) -> Observed:
@@ -254,18 +259,24 @@ class Master:
 
     def _reap(self, now: float) -> None:
         for pid, status in process.reap():
-            record = self.workers.pop(pid, None)
-            if record is None:
-                continue
-            self._events_of(record, now)  # a boot error written just before exit
-            if record.end.read_fd >= 0:
-                self.selector.unregister(record.end.read_fd)
-                record.end.close()
-            self._after_exit(record, status, now)
+            if not self.preloads.reaped(pid, status, now):
+                self.worker_exited(pid, status, now)
+
+    def worker_exited(self, pid: int, status: int, now: float) -> None:
+        """A worker is gone: reaped by the master, or reported by the preload process that forked it."""
+        record = self.workers.pop(pid, None)
+        if record is None:
+            return
+        self._events_of(record, now)  # a boot error written just before exit
+        if record.end.read_fd >= 0:
+            self.selector.unregister(record.end.read_fd)
+            record.end.close()
+        self._after_exit(record, status, now)
 
     def _after_exit(self, record: WorkerRecord, status: int, now: float) -> None:
         view = record.view
-        if view.phase is Phase.DRAINING or (view.phase is Phase.KILLED and self.desired.stopping):
+        if view.phase is Phase.DRAINING or self.desired.stopping:  # retired, or stopping (TERM may reach the
+            # whole process group from systemd or a shell, so workers can be quicker than our own retire)
             log.debug("worker %d of %s exited (%s)", view.pid, view.app, process.describe_exit(status))
             return
         how = process.describe_exit(status)
@@ -339,8 +350,15 @@ class Master:
         spec = self.desired.apps[action.app]
         if any(b not in self.listeners for b in spec.binds):
             return  # a listener failed to open in this same plan; the plan retries after BIND_RETRY
+        sockets = [self.listeners[b].sock for b in spec.binds]
         try:
-            spawned = process.spawn(spec, [self.listeners[b].sock for b in spec.binds])
+            if spec.preload:
+                preloaded = self.preloads.spawn(spec, sockets, now)
+                if preloaded is None:
+                    return  # its preload process is starting: the plan asks again on a later wake-up
+                spawned = preloaded
+            else:
+                spawned = process.spawn(spec, sockets)
         except OSError as exc:
             key = (spec.name, spec.revision)
             self.backoff[key] = backoff.after_failure(self.backoff.get(key), now, f"fork failed: {exc}")

@@ -8,12 +8,15 @@ master's wake-up pipe.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
+import select
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from forkserve import channel
@@ -39,20 +42,8 @@ def _close_fds_except(keep: set[int]) -> None:
     os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
 
 
-def _child(spec: AppSpec, listeners: list[socket.socket], end: channel.WorkerEnd, master_pid: int) -> None:
-    signal.set_wakeup_fd(-1)
-    for sig in _HANDLED:
-        signal.signal(sig, signal.SIG_DFL)
-    _close_fds_except({0, 1, 2, end.write_fd, *(s.fileno() for s in listeners)})
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    from forkserve.workers.base import run
-
-    run(spec, listeners, end, master_pid)
-
-
-def spawn(spec: AppSpec, listeners: list[socket.socket]) -> Spawned:
-    master_end, worker_end, _region = channel.create()
-    master_pid = os.getpid()
+def _fork(keep: set[int], entry: Callable[[], None]) -> int:
+    """Fork; the child resets signals, keeps only `keep` fds, runs `entry` and never returns."""
     sys.stdout.flush()
     sys.stderr.flush()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(_HANDLED))
@@ -60,13 +51,16 @@ def spawn(spec: AppSpec, listeners: list[socket.socket]) -> Spawned:
         pid = os.fork()
     except OSError:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        os.close(master_end.read_fd)
-        os.close(worker_end.write_fd)
         raise
     if pid == 0:  # child: never returns
         code = EXIT_CHILD_CRASHED
         try:
-            _child(spec, listeners, worker_end, master_pid)
+            signal.set_wakeup_fd(-1)
+            for sig in _HANDLED:
+                signal.signal(sig, signal.SIG_DFL)
+            _close_fds_except({0, 1, 2, *keep})
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            entry()
         except BaseException:
             with contextlib.suppress(BaseException):
                 import traceback
@@ -75,8 +69,119 @@ def spawn(spec: AppSpec, listeners: list[socket.socket]) -> Spawned:
         finally:
             os._exit(code)
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return pid
+
+
+def spawn(spec: AppSpec, listeners: list[socket.socket]) -> Spawned:
+    master_end, worker_end, _region = channel.create()
+    master_pid = os.getpid()
+
+    def entry() -> None:
+        from forkserve.workers.base import run
+
+        run(spec, listeners, worker_end, master_pid)
+
+    try:
+        pid = _fork({worker_end.write_fd, *(s.fileno() for s in listeners)}, entry)
+    except OSError:
+        master_end.close()
+        os.close(worker_end.write_fd)
+        raise
     os.close(worker_end.write_fd)
     return Spawned(pid, master_end)
+
+
+@dataclass
+class Zygote:
+    pid: int
+    end: channel.MasterEnd
+    control: socket.socket  # SEQPACKET: spawn requests out, "pid N" / "exit N STATUS" in
+
+
+def spawn_zygote(spec: AppSpec, listeners: list[socket.socket]) -> Zygote:
+    """Fork the preload process of one app revision (see forkserve.workers.zygote)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    master_end, worker_end, _region = channel.create()
+    master_pid = os.getpid()
+
+    def entry() -> None:
+        from forkserve.workers.zygote import run_zygote
+
+        run_zygote(spec, listeners, worker_end, master_pid, theirs)
+
+    try:
+        pid = _fork({worker_end.write_fd, theirs.fileno(), *(s.fileno() for s in listeners)}, entry)
+    except OSError:
+        master_end.close()
+        ours.close()
+        raise
+    finally:
+        os.close(worker_end.write_fd)
+        theirs.close()
+    ours.setblocking(False)
+    return Zygote(pid, master_end, ours)
+
+
+def request_worker(zygote: Zygote, timeout: float = 5.0) -> tuple[Spawned, list[tuple[int, int]]]:
+    """Ask a ready zygote to fork one worker. Returns it, and any worker exits the zygote reported meanwhile.
+    Waits for the answer (the zygote only forks: milliseconds), bounded by `timeout`."""
+    master_end, memfd, write_fd = channel.create_for_zygote()
+    try:
+        fds = array.array("i", [memfd, write_fd])
+        zygote.control.sendmsg([b"spawn"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+    finally:
+        os.close(memfd)
+        os.close(write_fd)
+    exits: list[tuple[int, int]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([zygote.control], [], [], left)[0]:
+            master_end.close()
+            raise OSError(f"preload process {zygote.pid} did not answer a spawn request")
+        message = zygote.control.recv(64)
+        if not message:
+            master_end.close()
+            raise OSError(f"preload process {zygote.pid} is gone")
+        kind, _, rest = message.decode().partition(" ")
+        if kind == "pid":
+            return Spawned(int(rest), master_end), exits
+        exits += parse_exits([message])
+
+
+def parse_exits(messages: list[bytes]) -> list[tuple[int, int]]:
+    out = []
+    for message in messages:
+        parts = message.decode(errors="replace").split()
+        if len(parts) == 3 and parts[0] == "exit" and parts[1].isdigit() and parts[2].lstrip("-").isdigit():
+            out.append((int(parts[1]), int(parts[2])))
+    return out
+
+
+def read_zygote_messages(zygote: Zygote) -> tuple[list[bytes], bool]:
+    """Drain the zygote's socket without blocking: (messages, closed)."""
+    messages = []
+    while True:
+        try:
+            message = zygote.control.recv(64)
+        except BlockingIOError:
+            return messages, False
+        except OSError:
+            return messages, True
+        if not message:
+            return messages, True
+        messages.append(message)
+
+
+def become_subreaper() -> bool:
+    """Orphans of a dead preload process are re-parented to the master (Linux), so it still reaps them."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
 
 
 def send_signal(pid: int, sig: int) -> bool:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the master process never imports pydantic: config is valida
 
 # Fields of AppConfig that a running worker cannot pick up: changing any of them rolls the app's workers.
 ROLL_FIELDS: tuple[str, ...] = (
-    "module", "binds", "worker_class", "worker_connections", "timeout", "boot_timeout", "max_requests",
+    "module", "binds", "worker_class", "worker_connections", "preload", "timeout", "boot_timeout", "max_requests",
     "max_requests_jitter", "keepalive", "chdir", "pythonpath", "env", "limit_request_line",
     "limit_request_fields", "limit_request_field_size",
 )
@@ -56,6 +56,7 @@ class AppSpec:
     access_log: str | None  # None: off; "-": stdout; else a path
     error_log: str
     log_level: str
+    preload: bool = False  # import once in a per-(app, revision) zygote and fork the workers from it
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ def _app_spec(name: str, app: AppConfig, site: SiteConfig) -> AppSpec:
         workers=app.workers,
         worker_class=app.worker_class,
         worker_connections=app.worker_connections,
+        preload=app.preload,
         timeout=app.timeout,
         boot_timeout=app.boot_timeout,
         graceful_timeout=app.graceful_timeout if app.graceful_timeout is not None else site.server.graceful_timeout,

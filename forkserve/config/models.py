@@ -149,6 +149,12 @@ class AppConfig(BaseModel):
     worker_connections: int = Field(
         1000, ge=1, le=100_000, description="gevent only: most connections one worker serves at once."
     )
+    preload: bool = Field(
+        False,
+        description="Import the app once in a per-app preload process (never in the master) and fork the "
+        "workers from it, so they share its memory copy-on-write. A code or config change rolls by starting a "
+        "new preload process.",
+    )
     timeout: Seconds = Field(
         30.0, description="A worker silent for this many seconds (stuck request or loop) is killed and replaced."
     )
