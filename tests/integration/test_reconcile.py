@@ -9,7 +9,9 @@ import socket
 import threading
 import time
 
-from tests.integration.conftest import APPS, Site, get, wait_until
+from forkserve.control.client import call, socket_path
+from forkserve.control.protocol import Request
+from tests.integration.conftest import APPS, Site, get, pid_of, wait_until
 
 
 def app_block(name: str, workers: int = 2, tag: str = "v1", binds: str = '"127.0.0.1:0"', extra: str = "") -> str:
@@ -241,3 +243,22 @@ def test_a_kubernetes_configmap_swap_is_applied(site_factory, tmp_path) -> None:
     wait_until(lambda: site.ready("web", 1))
     publish("v2", app_block("web", 2))
     wait_until(lambda: site.ready("web", 2), what="the swapped ConfigMap to apply")
+
+
+def test_max_requests_recycles_workers_one_at_a_time_without_failures(site_factory) -> None:
+    site = site_factory(app_block("web", 2, extra="max_requests = 30\nworker_class = \"gevent\"")).start()
+    address = site.address("web")
+    first = worker_pids(site)
+    control = socket_path(str(site.path), None)
+    ready_counts: list[int] = []
+    with Load(address) as load:
+        while worker_pids(site) & first:  # until both first workers have been recycled (bounded below)
+            snap = call(control, Request("status"))
+            ready_counts.append(next(a["ready"] for a in snap["apps"] if a["name"] == "web"))
+            assert len(ready_counts) < 600, "the first workers were never recycled"
+            time.sleep(0.05)
+        seen = load.ok
+        wait_until(lambda: load.ok > seen + 20)
+    assert load.failures == []
+    assert min(ready_counts) >= 2  # a replacement is ready before a recycled worker is retired
+    assert len({pid_of(b) for b in load.bodies}) > 2
