@@ -34,7 +34,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from forkserve.http.body import ClientDisconnected
-from forkserve.http.connection import Connection, base_environ, connection_environ
+from forkserve.http.connection import STOP_IDLE_GRACE, Connection, base_environ, connection_environ
 from forkserve.workers.base import EXIT_OK, TICK_SECONDS, log
 
 if TYPE_CHECKING:
@@ -263,9 +263,12 @@ def serve(worker: Worker) -> int:  # noqa: C901
             listener.close()
         deadline = loop.now() + worker.spec.graceful_timeout
         while active and loop.now() < deadline:
-            for greenlet, conn in list(active.items()):
-                if conn.waiting and not conn.has_pending_data():  # idle keep-alive, nothing sent: close
-                    gevent.kill(greenlet)
+            last_call = monotonic() + STOP_IDLE_GRACE
+            for conn in list(active.values()):
+                if conn.waiting and not 0.0 < conn.deadline <= last_call:
+                    # idle keep-alive: a last moment to send a request (answered with Connection: close), then
+                    # the sweeper times it out; killing it now would drop a request already on its way
+                    conn.deadline = last_call
             gevent.sleep(0.05)
         if active:
             log.warning("graceful timeout: %d connections still busy; exiting", len(active))

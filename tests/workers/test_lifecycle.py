@@ -215,3 +215,21 @@ def test_a_connection_accepted_before_term_is_answered_not_dropped(start_worker,
         (response,) = read_responses(sock)
         assert response.status == 200
     assert worker.wait_exit(timeout=10) == EXIT_OK
+
+
+def test_a_busy_keepalive_connection_is_not_cut_when_the_worker_stops(start_worker):
+    """The client sends its next request the moment a response arrives; a stopping worker must answer it
+    (with Connection: close) rather than close the connection under it (wrk counted those as read errors)."""
+    worker = start_worker(worker_class="gevent", keepalive=60)
+    with worker.connect() as sock:
+        for i in range(2000):
+            sock.sendall(GET)
+            (response,) = read_responses(sock)  # raises on EOF or reset: a dropped request
+            assert response.status == 200
+            if i == 50:
+                os.kill(worker.pid, signal.SIGTERM)
+            if response.headers.get("connection", "").lower() == "close":
+                break
+        else:
+            raise AssertionError("the stopping worker never said Connection: close")
+    assert worker.wait_exit(timeout=10) == EXIT_OK
