@@ -47,9 +47,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "up":
+        from forkserve.config.isolated import start_validation
+
+        early = start_validation(args.site)  # the child validates while this process imports the master
         from forkserve.master import run_site
 
-        return run_site(args.site)
+        return run_site(args.site, early)
     if args.command == "check":
         from forkserve.config.check import run_check
 

@@ -28,7 +28,7 @@ from forkserve.changes import RESTART_ONLY, summary
 from forkserve.channel import MasterEnd
 from forkserve.config.binds import BindAddress
 from forkserve.config.errors import ConfigError
-from forkserve.config.isolated import load_site
+from forkserve.config.isolated import Validation, load_site
 from forkserve.control.plane import ControlPlane, attach
 from forkserve.control.server import ControlSocketError
 from forkserve.plan import Action, CloseListener, Kill, OpenListener, Retire, Spawn, plan
@@ -105,14 +105,15 @@ class Master:
 
     # ---- start-up and shutdown ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Load the file, bind every listener, install signals. Raises StartupError leaving nothing open."""
+    def start(self, early: Validation | None = None) -> None:
+        """Load the file, bind every listener, install signals. Raises StartupError leaving nothing open.
+        `early`: the validation of the file, started before the master's modules were imported."""
         self.site.signature = signature(self.site.path)
-        data = self._read_site()
+        data = early.data if early else self._read_site()
         if data is None:
             raise StartupError(f"{self.site.path}: cannot read the site file")
         try:
-            loaded = load_site(data, self.site.path)
+            loaded = early.result() if early else load_site(data, self.site.path)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         setup_logging(loaded.server)
@@ -170,9 +171,11 @@ class Master:
     # ---- the loop ----------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        wait = 0.0  # the first pass plans (and forks the workers) at once
         while True:
-            for key, _ in self.selector.select(TICK):
+            for key, _ in self.selector.select(wait):
                 key.data()
+            wait = TICK
             now = time.monotonic()
             self._handle_signals()
             self._read_worker_events(now)
@@ -537,11 +540,11 @@ def reopen_logs() -> None:
             _log_handler.release()
 
 
-def run_site(site_path: str) -> int:
+def run_site(site_path: str, early: Validation | None = None) -> int:
     """`forkserve up SITE`: exit 0 after a stop, 3 when the site cannot start."""
     master = Master(site_path)
     try:
-        master.start()
+        master.start(early)
     except StartupError as exc:
         print(f"forkserve: cannot start: {exc}", file=sys.stderr)
         return 3

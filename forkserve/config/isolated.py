@@ -24,26 +24,51 @@ from forkserve.spec import LoadedSite
 TIMEOUT = 20.0  # seconds; a 1 MiB file validates in well under a second
 
 
+class Validation:
+    """A validation under way in a child process: started now, its result collected later (so that the caller
+    can do other work, such as importing the master, while the child imports the loader and validates)."""
+
+    def __init__(self, data: bytes, path: str) -> None:
+        self.data, self.path = data, path
+        read_fd, write_fd = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            os.close(read_fd)
+            _child(data, path, write_fd)
+        os.close(write_fd)
+        self.read_fd = read_fd
+
+    def result(self, timeout: float = TIMEOUT) -> LoadedSite:
+        """The LoadedSite, or ConfigError with the located diagnostics."""
+        try:
+            payload = _read_all(self.read_fd, time.monotonic() + timeout)
+        finally:
+            os.close(self.read_fd)
+        status = _reap(self.pid, timeout_hit=payload is None)
+        if not payload:
+            why = "timed out" if payload is None else f"stopped ({_describe(status)})"
+            raise ConfigError([Diagnostic(self.path, None, None, "",
+                                          f"validation {why}; the site file was not applied")])
+        kind, value = pickle.loads(payload)
+        if kind == "ok":
+            return value  # type: ignore[no-any-return]
+        raise ConfigError(value)
+
+
+def start_validation(site_path: str) -> Validation | None:
+    """Read the site file and start validating it; None when it cannot be read (the master reports that)."""
+    path = os.path.abspath(site_path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read((1 << 20) + 1)
+    except OSError:
+        return None
+    return Validation(data, path)
+
+
 def load_site(data: bytes, path: str, timeout: float = TIMEOUT) -> LoadedSite:
     """The site file's content -> LoadedSite, validated in a child process. Raises ConfigError."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        os.close(read_fd)
-        _child(data, path, write_fd)
-    os.close(write_fd)
-    try:
-        payload = _read_all(read_fd, time.monotonic() + timeout)
-    finally:
-        os.close(read_fd)
-    status = _reap(pid, timeout_hit=payload is None)
-    if not payload:
-        why = "timed out" if payload is None else f"stopped ({_describe(status)})"
-        raise ConfigError([Diagnostic(path, None, None, "", f"validation {why}; the site file was not applied")])
-    kind, value = pickle.loads(payload)
-    if kind == "ok":
-        return value  # type: ignore[no-any-return]
-    raise ConfigError(value)
+    return Validation(data, path).result(timeout)
 
 
 def _child(data: bytes, path: str, write_fd: int) -> None:
