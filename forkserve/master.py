@@ -31,6 +31,7 @@ from forkserve.config.errors import ConfigError
 from forkserve.config.isolated import Validation, load_site
 from forkserve.control.plane import ControlPlane, attach
 from forkserve.control.server import ControlSocketError
+from forkserve.logs import reopen_file_handler
 from forkserve.plan import Action, CloseListener, Kill, OpenListener, Retire, Spawn, plan
 from forkserve.preload import Preloads
 from forkserve.sockets import BindError, Listener, close_listener, open_listener, systemd_fds
@@ -136,7 +137,11 @@ class Master:
         except (ControlSocketError, BindError, ValueError) as exc:
             self.close_all_listeners()
             raise StartupError(str(exc)) from None
-        self._write_pidfile()
+        try:
+            self._write_pidfile()
+        except OSError as exc:
+            self.close_all_listeners()
+            raise StartupError(f"cannot write the pidfile {loaded.server.pidfile}: {exc.strerror}") from None
         if loaded.server.watch:
             self.watcher = SiteWatcher(self.site.path, self.wake_w)
             self.watcher.start()
@@ -531,13 +536,7 @@ def setup_logging(server: ServerSettings) -> None:
 
 def reopen_logs() -> None:
     """SIGUSR1: log rotation moved our file away; open the path again."""
-    if isinstance(_log_handler, logging.FileHandler):
-        _log_handler.acquire()
-        try:
-            _log_handler.close()
-            _log_handler.stream = _log_handler._open()
-        finally:
-            _log_handler.release()
+    reopen_file_handler(_log_handler)
 
 
 def run_site(site_path: str, early: Validation | None = None) -> int:

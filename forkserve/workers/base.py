@@ -39,6 +39,7 @@ from typing import Any, NoReturn
 from forkserve.channel import WorkerEnd
 from forkserve.http.accesslog import AccessLog
 from forkserve.http.connection import Context
+from forkserve.logs import reopen_file_handler
 from forkserve.spec import AppSpec
 
 EXIT_OK = 0
@@ -174,14 +175,7 @@ class Worker:
             self.reopen_logs()
 
     def reopen_logs(self) -> None:
-        handler = self.handler
-        if isinstance(handler, logging.FileHandler):
-            handler.acquire()
-            try:
-                handler.close()
-                handler.stream = handler._open()
-            finally:
-                handler.release()
+        reopen_file_handler(self.handler)
         if self.access is not None:
             self.access.reopen()
 
@@ -228,9 +222,14 @@ def run(spec: AppSpec, listeners: list[Any], channel: WorkerEnd, master_pid: int
                                                                         item.lineno, item.line).strip())
     except BaseException:
         _boot_error(worker)
+    serve_then_exit(worker, worker_class)
+
+
+def serve_then_exit(worker: Worker, worker_class: Any) -> NoReturn:
+    """Tell the master we are ready, serve until stopped, exit with the worker class's code."""
     code = EXIT_WORKER_ERROR
     try:
-        channel.send("ready")
+        worker.channel.send("ready")
         worker.tick()
         code = worker_class.serve(worker)
     except SystemExit as exc:

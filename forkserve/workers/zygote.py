@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from forkserve.channel import WorkerEnd, worker_end_from_fds
 from forkserve.spec import AppSpec
-from forkserve.workers.base import EXIT_OK, EXIT_PARENT_GONE, EXIT_WORKER_ERROR, Worker, _boot_error, log
+from forkserve.workers.base import EXIT_OK, EXIT_PARENT_GONE, Worker, _boot_error, serve_then_exit
 
 FD_SIZE = array.array("i").itemsize
 
@@ -111,7 +111,6 @@ def _serve_request(worker: Worker, worker_class: Any, control: socket.socket, ca
 
 def _worker(worker: Worker, worker_class: Any, end: WorkerEnd) -> NoReturn:
     """In the forked worker: the app is already imported; only the per-worker state is new."""
-    code = EXIT_WORKER_ERROR
     try:
         worker.channel = end
         worker.master_pid = os.getppid()  # the zygote: when it goes, we go
@@ -119,14 +118,9 @@ def _worker(worker: Worker, worker_class: Any, end: WorkerEnd) -> NoReturn:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         worker.setup_process()
         worker.load_app()  # cached imports: this only builds the per-worker request context
-        end.send("ready")
-        worker.tick()
-        code = worker_class.serve(worker)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else EXIT_WORKER_ERROR
     except BaseException:
-        log.exception("preloaded worker %d failed", os.getpid())
-    worker.exit(code)
+        _boot_error(worker)
+    serve_then_exit(worker, worker_class)
 
 
 def _report_exits(control: socket.socket, calls: _Calls) -> set[int]:

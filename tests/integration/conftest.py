@@ -10,25 +10,14 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
+
 APPS = Path(__file__).parent / "apps"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05,
-               what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Site:

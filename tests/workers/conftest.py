@@ -6,7 +6,6 @@ import contextlib
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,19 +17,9 @@ import pytest
 from forkserve import channel
 from forkserve.config.binds import parse_bind
 from forkserve.spec import AppSpec
+from tests.helpers import wait_until
 
 APPS = Path(__file__).parent / "apps"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def make_spec(**overrides: Any) -> AppSpec:
@@ -60,7 +49,7 @@ class Worker:
 
     def wait_event(self, name: str, timeout: float = 10.0) -> dict[str, str]:
         return wait_until(lambda: next((e for e in self.poll_events() if e["event"] == name), None), timeout,
-                          f"event {name!r}")
+                          what=f"event {name!r}")
 
     def wait_exit(self, timeout: float = 10.0) -> int:
         def done() -> bool:
@@ -69,7 +58,7 @@ class Worker:
                 if pid:
                     self.status = status
             return self.status is not None
-        wait_until(done, timeout, f"worker {self.pid} to exit")
+        wait_until(done, timeout, what=f"worker {self.pid} to exit")
         assert self.status is not None
         return os.waitstatus_to_exitcode(self.status)
 
