@@ -59,6 +59,10 @@ class MasterEnd:
     read_fd: int
     _buffer: bytes = field(default=b"")
 
+    def heartbeat(self) -> float:
+        """Monotonic seconds of the worker's last sign of life (one memory read: the master does it every wake)."""
+        return self.slot[HEARTBEAT] / 1e9
+
     def counters(self) -> Counters:
         s = self.slot
         return Counters(

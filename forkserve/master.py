@@ -57,8 +57,6 @@ class WorkerRecord:
     end: MasterEnd
     spec: AppSpec
     boot_error: str = ""
-    counters_requests: int = 0
-    in_flight: int = 0
 
 
 @dataclass
@@ -307,10 +305,7 @@ class Master:
 
     def _read_heartbeats(self) -> None:
         for record in self.workers.values():
-            counters = record.end.counters()
-            beat = counters.heartbeat_ns / 1e9
-            record.counters_requests = counters.requests
-            record.in_flight = counters.in_flight
+            beat = record.end.heartbeat()
             if beat > record.view.heartbeat:
                 record.view = dataclasses.replace(record.view, heartbeat=beat)
 
