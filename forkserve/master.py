@@ -111,6 +111,8 @@ class Master:
         data = early.data if early else self._read_site()
         if data is None:
             raise StartupError(f"{self.site.path}: cannot read the site file")
+        if early:
+            _import_worker_side()  # while the child validates: the master would only be waiting
         try:
             loaded = early.result() if early else load_site(data, self.site.path)
         except ConfigError as exc:
@@ -140,10 +142,13 @@ class Master:
         except OSError as exc:
             self.close_all_listeners()
             raise StartupError(f"cannot write the pidfile {loaded.server.pidfile}: {exc.strerror}") from None
+        _set_title(f"forkserve: master [{self.site.path}]")
+        now = time.monotonic()
+        self.execute(plan(self.desired, self.observed(), now), now)  # fork the first workers before the
+        # watcher's thread exists and without waiting for it: a change made meanwhile is caught by the stat check
         if loaded.server.watch:
             self.watcher = SiteWatcher(self.site.path, self.wake_w)
             self.watcher.start()
-        _set_title(f"forkserve: master [{self.site.path}]")
         log.info("forkserve master %d started for %s (site revision %s)", os.getpid(), self.site.path,
                  self.site.revision)
 
@@ -532,6 +537,14 @@ def setup_logging(server: ServerSettings) -> None:
 def reopen_logs() -> None:
     """SIGUSR1: log rotation moved our file away; open the path again."""
     reopen_file_handler(_log_handler)
+
+
+def _import_worker_side() -> None:
+    """Import the modules every worker needs (the HTTP request path, httptools) into the master: forked workers
+    then find them loaded and shared instead of each importing its own copy (~10 ms off every worker's boot,
+    less private memory per worker). Never gevent or app code: those stay in the workers."""
+    import forkserve.workers.gevent
+    import forkserve.workers.sync  # noqa: F401
 
 
 def run_site(site_path: str, early: Validation | None = None) -> int:

@@ -13,13 +13,16 @@ writes to that pipe. The master waits for the answer with a deadline; workers ke
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import signal
 import time
 
-from forkserve.config.errors import ConfigError, Diagnostic
-from forkserve.spec import LoadedSite
+TYPE_CHECKING = False  # not `from typing import ...`: importing typing costs ~3 ms before the fork
+if TYPE_CHECKING:
+    from forkserve.spec import LoadedSite
+
+# Nothing else is imported here at module level: `forkserve up` forks the validating child as its very first
+# step, so every module imported before the fork would delay the child (pydantic, the critical path of start-up).
 
 TIMEOUT = 20.0  # seconds; a 1 MiB file validates in well under a second
 
@@ -40,6 +43,10 @@ class Validation:
 
     def result(self, timeout: float = TIMEOUT) -> LoadedSite:
         """The LoadedSite, or ConfigError with the located diagnostics."""
+        import pickle
+
+        from forkserve.config.errors import ConfigError, Diagnostic
+
         try:
             payload = _read_all(self.read_fd, time.monotonic() + timeout)
         finally:
@@ -77,7 +84,14 @@ def _child(data: bytes, path: str, write_fd: int) -> None:
         signal.set_wakeup_fd(-1)  # signals meant for the master must not wake it through us
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        # Third-party pydantic plugins have no business seeing site files, and looking for them scans every
+        # installed package's metadata on the start-up critical path.
+        os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+        import pickle
+
+        from forkserve.config.errors import ConfigError, Diagnostic
         from forkserve.config.load import load_text
+        from forkserve.spec import LoadedSite
 
         try:
             result: tuple[str, object] = ("ok", LoadedSite.from_config(load_text(data, path)))
