@@ -80,6 +80,7 @@ class Master:
         self.workers: dict[int, WorkerRecord] = {}
         self.listeners: dict[BindAddress, Listener] = {}
         self.backoff: dict[tuple[str, str], Backoff] = {}
+        self.proven: dict[str, AppSpec] = {}  # app -> spec of the newest revision that had a worker ready
         self.bind_retry_at: dict[BindAddress, float] = {}
         self.bind_errors: dict[BindAddress, str] = {}
         self.restarts: Counter[tuple[str, str]] = Counter()
@@ -205,6 +206,7 @@ class Master:
             listeners=frozenset(self.listeners),
             backoff=dict(self.backoff),
             bind_retry_at=dict(self.bind_retry_at),
+            proven=dict(self.proven),
         )
 
     # ---- wake-ups ----------------------------------------------------------------------------------------
@@ -259,6 +261,7 @@ class Master:
             kind = event.get("event")
             if kind == "ready" and record.view.phase is Phase.BOOTING:
                 record.view = dataclasses.replace(record.view, phase=Phase.READY, ready_at=now, heartbeat=now)
+                self.proven[record.view.app] = record.spec
                 log.debug("worker %d of %s ready", record.view.pid, record.view.app)
             elif kind == "recycle":
                 record.view = dataclasses.replace(record.view, recycle=True)
@@ -356,6 +359,8 @@ class Master:
 
     def _spawn(self, action: Spawn, now: float) -> None:
         spec = self.desired.apps[action.app]
+        if action.revision != spec.revision:  # the plan holds on to the proven revision (see plan._hold)
+            spec = self.proven[action.app]
         if any(b not in self.listeners for b in spec.binds):
             return  # a listener failed to open in this same plan; the plan retries after BIND_RETRY
         sockets = [self.listeners[b].sock for b in spec.binds]
@@ -496,6 +501,7 @@ class Master:
         self.site.errors = ()
         self.site.revision = new.revision
         self.desired = new
+        self.proven = {app: spec for app, spec in self.proven.items() if app in new.apps}
         self.site.last_result = f"site revision {new.revision} applied: {text}"
         if not first:
             log.info("%s", self.site.last_result)

@@ -12,7 +12,11 @@ Per app, workers split into *current* (live, the desired revision, not asking to
 - outdated workers: **roll** — spawn current workers while the live total stays within `workers + max_surge`;
   retire a ready outdated worker only while the ready count stays at or above `workers - max_unavailable`;
   outdated workers that are not ready serve nothing and go at once. New workers that cannot boot are held back
-  by the backoff, so the outdated ones keep serving.
+  by the backoff, so the outdated ones keep serving;
+- the desired revision held back by its backoff: **hold** — the workers of the newest revision that booted
+  (`Observed.proven`) keep serving, and those that die are replaced *from that revision*, up to `workers`.
+  A crash of an old worker during a bad deploy therefore costs no capacity. The roll resumes when the backoff
+  expires.
 Liveness is decided here too: a booting worker past `boot_timeout`, a ready one silent for `timeout` (SIGABRT,
 then SIGKILL), a draining one past its deadline. Listeners open before the workers that use them spawn (same
 plan, earlier action), and close only after no desired app names them and no worker holds them.
@@ -101,7 +105,11 @@ def _app(spec: AppSpec, live: list[WorkerView], observed: Observed, available: f
     current = [w for w in live if w.revision == spec.revision and not w.recycle]
     outdated = [w for w in live if w.revision != spec.revision or w.recycle]
     backoff = observed.backoff.get((spec.name, spec.revision))
-    may_spawn = all(b in available for b in spec.binds) and (backoff is None or backoff.retry_at <= now)
+    held_back = backoff is not None and backoff.retry_at > now
+    proven = observed.proven.get(spec.name)
+    if held_back and proven is not None and proven.revision != spec.revision:
+        return _hold(spec, proven, current, outdated, available)
+    may_spawn = all(b in available for b in spec.binds) and not held_back
     if not outdated:
         return _scale(spec, current, may_spawn)
     return _roll(spec, current, outdated, may_spawn)
@@ -133,6 +141,20 @@ def _roll(spec: AppSpec, current: list[WorkerView], outdated: list[WorkerView], 
         actions += [Spawn(spec.name, spec.revision)] * wanted
     if len(current) > spec.workers:  # scaled down while rolling: trim the current revision too
         actions += [Retire(w.pid, "scale") for w in _surplus_first(current)[: len(current) - spec.workers]]
+    return actions
+
+
+def _hold(spec: AppSpec, proven: AppSpec, current: list[WorkerView], outdated: list[WorkerView],
+          available: frozenset[BindAddress]) -> list[Action]:
+    """The desired revision cannot boot: serve `spec.workers` from the proven revision meanwhile. Outdated
+    workers that are not ready go (except the proven revision's own replacements, booting); the rest stay."""
+    keep = [w for w in outdated if w.phase is Phase.READY or w.revision == proven.revision]
+    actions: list[Action] = [Retire(w.pid, _why(w)) for w in outdated if w not in keep]
+    serving = len(keep) + sum(w.phase is Phase.READY for w in current)
+    if serving > spec.workers:  # scaled down meanwhile
+        actions += [Retire(w.pid, "scale") for w in _surplus_first(keep)[: serving - spec.workers]]
+    elif serving < spec.workers and all(b in available for b in proven.binds):
+        actions += [Spawn(spec.name, proven.revision)] * (spec.workers - serving)
     return actions
 
 

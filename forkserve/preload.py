@@ -88,6 +88,9 @@ class Preloads:
         spec = self.master.desired.apps.get(key[0])
         if spec is not None and spec.preload and spec.revision == key[1]:
             return True
+        proven = self.master.proven.get(key[0])
+        if spec is not None and proven is not None and proven.preload and proven.revision == key[1]:
+            return True  # the plan may spawn from it while the desired revision cannot boot
         return any((r.view.app, r.view.revision) == key for r in self.master.workers.values())
 
     def _read(self, record: ZygoteRecord, now: float) -> None:

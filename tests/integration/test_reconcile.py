@@ -191,6 +191,28 @@ def test_new_code_that_cannot_boot_leaves_the_old_workers_serving(site_factory) 
     assert get(address)[1].startswith("v3 ")
 
 
+def test_an_old_worker_lost_during_a_bad_deploy_is_replaced_from_the_old_code(site_factory) -> None:
+    site = site_factory(app_block("web", 2)).start()
+    wait_until(lambda: site.ready("web", 2))
+    before = worker_pids(site)
+    address = site.address("web")
+    site.write(app_block("web", 2, "v2").replace('module = "basic:app"', 'module = "broken:app"'))
+    wait_until(lambda: site.log().count("failed to boot") >= 1, timeout=20)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        status = call(socket_path(site.path, None), Request("status"))
+        web = next(a for a in status["apps"] if a["name"] == "web")
+        serving = [w for w in web["workers"] if w["state"] in ("idle", "busy")]
+        return len(serving) == 2 and victim not in {w["pid"] for w in serving}
+
+    wait_until(replaced, timeout=20, what="two workers serving again, the killed one replaced")
+    assert {get(address)[1].split()[0] for _ in range(6)} == {"v1"}  # the replacement runs the old code
+    site.write(app_block("web", 2, "v3"))  # a fix: the roll to it proceeds as usual
+    wait_until(lambda: {get(address)[1].split()[0] for _ in range(4)} == {"v3"}, timeout=30)
+
+
 def test_identical_rewrite_and_touch_change_nothing(site_factory) -> None:
     text = app_block("web", 2)
     site = site_factory(text).start()

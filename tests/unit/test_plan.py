@@ -110,6 +110,41 @@ def test_new_revision_in_backoff_keeps_old_workers_serving() -> None:
     assert plan(new, observed(*olds, backoff={key: Backoff(3, NOW + 5, "ImportError")}), NOW) == ()
 
 
+def test_an_old_worker_lost_while_the_new_revision_cannot_boot_is_replaced_from_the_old_revision() -> None:
+    old = desired(api={"workers": 3})
+    new = desired(api={"workers": 3, "module": "broken:app"})
+    old_rev = old.apps["api"].revision
+    survivors = [worker(old, revision=old_rev) for _ in range(2)]
+    held = {("api", new.apps["api"].revision): Backoff(2, NOW + 5, "ImportError")}
+    obs = observed(*survivors, backoff=held, proven={"api": old.apps["api"]})
+    assert plan(new, obs, NOW) == (Spawn("api", old_rev),)
+    # once the backoff expires the roll is tried again: one new worker within the surge, nobody retired
+    assert plan(new, dataclasses.replace(obs, backoff={}), NOW) == (Spawn("api", new.apps["api"].revision),) * 2
+    # without a proven revision (the app never booted) there is nothing to fall back to
+    assert plan(new, dataclasses.replace(obs, proven={}), NOW) == ()
+
+
+@pytest.mark.parametrize(("serving", "booting_old", "booting_other", "expect"), [
+    (3, 0, 0, []),  # full capacity from the old revision: nothing to do
+    (1, 1, 0, ["Spawn"]),  # the booting replacement counts; one more is missing
+    (2, 0, 1, ["Retire", "Spawn"]),  # a booting worker of an older, unproven revision serves nothing
+    (4, 0, 0, ["Retire"]),  # scaled down while held: the oldest goes
+])
+def test_hold_keeps_the_wanted_count_from_the_proven_revision(
+    serving: int, booting_old: int, booting_other: int, expect: list[str]
+) -> None:
+    old = desired(api={"workers": 3})
+    older = desired(api={"workers": 3, "env": {"V": "0"}})
+    new = desired(api={"workers": 3, "module": "broken:app"})
+    rev = old.apps["api"].revision
+    workers = [worker(old, revision=rev) for _ in range(serving)]
+    workers += [worker(old, phase=Phase.BOOTING, revision=rev) for _ in range(booting_old)]
+    workers += [worker(older, phase=Phase.BOOTING) for _ in range(booting_other)]
+    obs = observed(*workers, backoff={("api", new.apps["api"].revision): Backoff(1, NOW + 1, "boom")},
+                   proven={"api": old.apps["api"]})
+    assert kinds(plan(new, obs, NOW)) == expect
+
+
 def test_recycle_request_is_a_one_worker_roll() -> None:
     d = desired(api={"workers": 2})
     tired = worker(d, recycle=True)
@@ -184,7 +219,7 @@ def apply(actions: tuple[Action, ...], obs: Observed, d: DesiredState, now: floa
         elif isinstance(a, CloseListener):
             listeners.discard(a.bind)
         elif isinstance(a, Spawn):
-            spec = d.apps[a.app]
+            spec = d.apps[a.app] if d.apps[a.app].revision == a.revision else obs.proven[a.app]
             pid = next(_pids)
             workers[pid] = WorkerView(pid, a.app, a.revision, frozenset(spec.binds), Phase.BOOTING, now, now,
                                       spec.timeout, spec.boot_timeout)
@@ -216,7 +251,12 @@ def scenarios(draw: st.DrawFn) -> tuple[DesiredState, Observed]:
         if phase is Phase.KILLED:
             extra = {"kill_signal": signal.SIGABRT, "killed_at": NOW}
         workers.append(worker(source, phase=phase, recycle=draw(st.booleans()), **extra))
-    return d, observed(*workers, listeners=draw(st.sampled_from([frozenset(), frozenset({A}), frozenset({A, B})])))
+    extra: dict[str, object] = {}
+    if draw(st.booleans()):  # the desired revision cannot boot; the other one did
+        extra = {"backoff": {("api", d.apps["api"].revision): Backoff(1, NOW + draw(st.sampled_from([-1, 1])), "x")},
+                 "proven": {"api": other.apps["api"]}}
+    listeners = draw(st.sampled_from([frozenset(), frozenset({A}), frozenset({A, B})]))
+    return d, observed(*workers, listeners=listeners, **extra)
 
 
 @settings(max_examples=300, deadline=None)
