@@ -130,3 +130,14 @@ def osenv(environ, start_response):
     body = f"{os.environ.get('FORKSERVE_TEST_VAR')} {os.getcwd()}".encode()
     start_response("200 OK", [("Content-Length", str(len(body)))])
     return [body]
+
+
+def ssl_patched(environ, start_response):
+    """Imports ssl at request time (a gevent worker defers patching it until then): is it gevent's?"""
+    import ssl
+
+    from gevent import monkey
+
+    body = f"{monkey.is_module_patched('ssl')} {ssl.SSLContext.__module__.startswith('gevent')}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
