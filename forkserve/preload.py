@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("forkserve")
 
+ANSWER_TIMEOUT = 1.0  # seconds the master waits for a zygote to answer a spawn request
+
 
 @dataclass
 class ZygoteRecord:
@@ -51,9 +53,16 @@ class Preloads:
         if not record.ready or record.retiring:
             return None
         try:
-            spawned, exits = process.request_worker(record.zygote)
+            spawned, exits = process.request_worker(record.zygote, timeout=ANSWER_TIMEOUT)
         except OSError as exc:
-            log.error("app %s: %s", spec.name, exc)
+            # A zygote only forks: it answers in milliseconds. One that did not is stopped or wedged by app code
+            # and can fork nothing more; a late answer could even be taken for the next request's. So it goes,
+            # like a hung worker: its workers follow it, and the next spawn starts a fresh zygote. The master
+            # waited ANSWER_TIMEOUT once for it, not once per wake-up.
+            log.error("app %s: %s in %.0fs; killing it (its workers exit) and starting a new one", spec.name, exc,
+                      ANSWER_TIMEOUT)
+            record.retiring = record.killed = True
+            process.send_signal(record.zygote.pid, signal.SIGKILL)
             return None
         for pid, status in exits:
             self.master.worker_exited(pid, status, now)

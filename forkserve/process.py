@@ -138,7 +138,7 @@ def request_worker(zygote: Zygote, timeout: float = 5.0) -> tuple[Spawned, list[
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([zygote.control], [], [], left)[0]:
             master_end.close()
-            raise OSError(f"preload process {zygote.pid} did not answer a spawn request")
+            raise OSError(f"preload process {zygote.pid} did not answer a spawn request")  # the caller kills it
         message = zygote.control.recv(64)
         if not message:
             master_end.close()

@@ -81,6 +81,23 @@ def test_killed_workers_and_a_killed_preload_process_are_replaced(site_factory) 
     assert get(site.address("plain"))[0] == 200
 
 
+def test_a_preload_process_that_stops_answering_is_replaced_and_the_master_stays_responsive(site_factory) -> None:
+    site = site_factory(site_text()).start()
+    wait_until(lambda: site.ready("web", 2))
+    address, plain = site.address("web"), site.address("plain")
+    zygote = parent_of(pid_of(get(address)[1]))
+    os.kill(zygote, signal.SIGSTOP)  # wedged: it can answer no spawn request
+    try:
+        site.write(site_text(workers=3))  # scale up: the master asks the wedged zygote for a worker
+        wait_until(lambda: "did not answer a spawn request" in site.log(), timeout=20)
+        assert get(plain)[0] == 200  # the master, and the other app, carried on
+        wait_until(lambda: zygote not in _zygotes_of(address) and len(serving_pids(address, 12)) == 3, timeout=20,
+                   what="three workers from a new preload process")
+    finally:
+        if alive(zygote):
+            os.kill(zygote, signal.SIGCONT)
+
+
 def _zygotes_of(address: tuple[str, int]) -> set[int]:
     try:
         return {parent_of(pid) for pid in serving_pids(address, 4)}
