@@ -80,7 +80,8 @@ class Master:
         self.workers: dict[int, WorkerRecord] = {}
         self.listeners: dict[BindAddress, Listener] = {}
         self.backoff: dict[tuple[str, str], Backoff] = {}
-        self.proven: dict[str, AppSpec] = {}  # app -> spec of the newest revision that had a worker ready
+        self.proven: dict[str, AppSpec] = {}  # app -> spec of the desired revision, once one of its workers was
+        # healthy (ready for backoff.HEALTHY_AFTER): what the plan falls back to while a newer one cannot boot
         self.bind_retry_at: dict[BindAddress, float] = {}
         self.bind_errors: dict[BindAddress, str] = {}
         self.restarts: Counter[tuple[str, str]] = Counter()
@@ -191,7 +192,7 @@ class Master:
             self._reap(now)
             self._read_heartbeats()
             self._maybe_reload(now)
-            self._clear_healthy_backoff(now)
+            self._note_healthy(now)
             self.preloads.tick(now)
             self.execute(plan(self.desired, self.observed(), now), now)
             self._log_convergence()
@@ -261,7 +262,6 @@ class Master:
             kind = event.get("event")
             if kind == "ready" and record.view.phase is Phase.BOOTING:
                 record.view = dataclasses.replace(record.view, phase=Phase.READY, ready_at=now, heartbeat=now)
-                self.proven[record.view.app] = record.spec
                 log.debug("worker %d of %s ready", record.view.pid, record.view.app)
             elif kind == "recycle":
                 record.view = dataclasses.replace(record.view, recycle=True)
@@ -317,12 +317,15 @@ class Master:
             if beat > record.view.heartbeat:
                 record.view = dataclasses.replace(record.view, heartbeat=beat)
 
-    def _clear_healthy_backoff(self, now: float) -> None:
-        for key in [k for k in self.backoff if any(
-            r.view.app == k[0] and r.view.revision == k[1] and backoff.healthy(r.view, now)
-            for r in self.workers.values()
-        )]:
+    def _note_healthy(self, now: float) -> None:
+        """A revision with a healthy worker is out of backoff, and, when desired, the app's proven revision.
+        Healthy rather than merely ready: code that crashes seconds after boot is not something to fall back on."""
+        healthy = {(r.view.app, r.view.revision) for r in self.workers.values() if backoff.healthy(r.view, now)}
+        for key in [k for k in self.backoff if k in healthy]:
             del self.backoff[key]
+        for name, spec in self.desired.apps.items():
+            if (name, spec.revision) in healthy:
+                self.proven[name] = spec
 
     # ---- executing a plan --------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ Per app, workers split into *current* (live, the desired revision, not asking to
   retire a ready outdated worker only while the ready count stays at or above `workers - max_unavailable`;
   outdated workers that are not ready serve nothing and go at once. New workers that cannot boot are held back
   by the backoff, so the outdated ones keep serving;
-- the desired revision held back by its backoff: **hold** — the workers of the newest revision that booted
+- the desired revision held back by its backoff: **hold** — the workers of the newest revision that ran healthy
   (`Observed.proven`) keep serving, and those that die are replaced *from that revision*, up to `workers`.
   A crash of an old worker during a bad deploy therefore costs no capacity. The roll resumes when the backoff
   expires.

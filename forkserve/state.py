@@ -61,7 +61,7 @@ class Observed:
     listeners: frozenset[BindAddress] = frozenset()
     backoff: dict[tuple[str, str], Backoff] = field(default_factory=dict)  # (app, revision) -> state
     bind_retry_at: dict[BindAddress, float] = field(default_factory=dict)  # failed binds: next attempt
-    proven: dict[str, AppSpec] = field(default_factory=dict)  # app -> spec of the newest revision that booted
+    proven: dict[str, AppSpec] = field(default_factory=dict)  # app -> newest desired spec that ran healthy
 
     def of_app(self, app: str) -> list[WorkerView]:
         return [w for w in self.workers.values() if w.app == app]

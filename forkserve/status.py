@@ -12,6 +12,7 @@ keys are only ever added. Times are seconds; `*_at` values are Unix wall-clock t
       "ready": true,                       # every app of the site has at least its desired ready workers
       "apps": [
         {"name": "api", "in_site": true, "revision": "8e1f0a2b",
+         "proven_revision": "8e1f0a2b",   # the newest desired revision that ran healthy: the fallback
          "desired": 2, "running": 2, "ready": 2, "updated": 2,
          "state": "running",               # running | rolling | degraded | backoff | removing
          "backoff": null,                  # or {"failures": 3, "retry_at": ..., "retry_in": 4.2, "error": "..."}
@@ -83,6 +84,15 @@ def snapshot(master: Any, now: float | None = None, wall: float | None = None,
     }
 
 
+def readiness(snap: dict[str, Any]) -> str:
+    """One line for probes: "ready", or "not ready: web 1/2, api 0/1" (or "stopping")."""
+    if snap["ready"]:
+        return "ready"
+    lagging = [f"{a['name']} {a['ready']}/{a['desired']}" for a in snap["apps"]
+               if a["in_site"] and a["ready"] < a["desired"]]
+    return f"not ready: {', '.join(lagging) or 'stopping'}"
+
+
 def _control(master: Any) -> str | None:
     plane = getattr(master, "control", None)
     return plane.server.path if plane is not None else None
@@ -119,6 +129,7 @@ def _app(master: Any, name: str, now: float, to_wall: Any, with_workers: bool) -
         "name": name,
         "in_site": spec is not None,
         "revision": revision,
+        "proven_revision": proven.revision if (proven := getattr(master, "proven", {}).get(name)) else None,
         "desired": spec.workers if spec else 0,
         "running": len(live),
         "ready": ready,

@@ -17,6 +17,7 @@ def test_converged_site(fake_master) -> None:
     m.add_worker("api", started=3.0)
     web.slot[1] += 7  # REQUESTS
     web.slot[7] = 1  # IN_FLIGHT
+    m._note_healthy(11.0)  # the loop's pass: every worker has been ready long enough to count as healthy
     snap = snapshot(m, now=11.0, wall=1000.0)
     json.dumps(snap)  # JSON-able
     assert snap["ready"] is True
@@ -24,7 +25,8 @@ def test_converged_site(fake_master) -> None:
     apps = {a["name"]: a for a in snap["apps"]}
     assert [a["name"] for a in snap["apps"]] == ["api", "web"]
     assert apps["web"] | {"workers": None, "binds": None, "restarts": None} == {
-        "name": "web", "in_site": True, "revision": m.desired.apps["web"].revision, "desired": 2, "running": 2,
+        "name": "web", "in_site": True, "revision": m.desired.apps["web"].revision,
+        "proven_revision": m.desired.apps["web"].revision, "desired": 2, "running": 2,
         "ready": 2, "updated": 2, "state": "running", "backoff": None, "workers": None, "binds": None,
         "restarts": None}
     first = apps["web"]["workers"][0]

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from typing import Any
 
 from forkserve.control.client import call, socket_path
 from forkserve.control.protocol import Request
@@ -196,15 +197,18 @@ def test_an_old_worker_lost_during_a_bad_deploy_is_replaced_from_the_old_code(si
     wait_until(lambda: site.ready("web", 2))
     before = worker_pids(site)
     address = site.address("web")
+
+    def web() -> dict[str, Any]:
+        return next(a for a in call(socket_path(site.path, None), Request("status"))["apps"] if a["name"] == "web")
+
+    wait_until(lambda: web()["proven_revision"] == web()["revision"], timeout=15, what="v1 proven healthy")
     site.write(app_block("web", 2, "v2").replace('module = "basic:app"', 'module = "broken:app"'))
     wait_until(lambda: site.log().count("failed to boot") >= 1, timeout=20)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
 
     def replaced() -> bool:
-        status = call(socket_path(site.path, None), Request("status"))
-        web = next(a for a in status["apps"] if a["name"] == "web")
-        serving = [w for w in web["workers"] if w["state"] in ("idle", "busy")]
+        serving = [w for w in web()["workers"] if w["state"] in ("idle", "busy")]
         return len(serving) == 2 and victim not in {w["pid"] for w in serving}
 
     wait_until(replaced, timeout=20, what="two workers serving again, the killed one replaced")
