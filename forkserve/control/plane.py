@@ -102,6 +102,7 @@ class ControlPlane:
             self.metrics_server.tick(now)
         if not self.notifier.enabled:
             return
+        self.notifier.watchdog(now)  # from the loop itself: it proves the loop turns
         master = self.master
         if master.desired.stopping:
             if not self.announced_stopping:

@@ -148,6 +148,7 @@ def test_sd_notify(site_factory, capsys, tmp_path: Path, monkeypatch) -> None:
     receiver.bind(str(tmp_path / "notify.sock"))
     receiver.settimeout(20)
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1: a ping every 0.5 s from the master loop
     site = site_factory(SITE.replace("workers = 1", "workers = 2")).start(wait_ready=False)
     messages: list[str] = []
 
@@ -158,6 +159,9 @@ def test_sd_notify(site_factory, capsys, tmp_path: Path, monkeypatch) -> None:
     try:
         until("READY=1")
         assert site.ready("web", 2)  # READY=1 only after the first converge
+        until("WATCHDOG=1")
+        messages.remove("WATCHDOG=1")
+        until("WATCHDOG=1")  # and again: it keeps coming while the master runs
         assert any(m.startswith("STATUS=web 2/2 ready") for m in messages)
         messages.clear()
         assert cli(capsys, "reload", str(site.path))[0] == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forkserve.notify import Notifier
+from forkserve.notify import Notifier, _watchdog_interval
 
 
 @pytest.mark.parametrize("abstract", [False, True])
@@ -41,3 +41,28 @@ def test_without_notify_socket_nothing_happens(tmp_path: Path) -> None:
     gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     assert gone.send("READY=1") is False  # never raises
     gone.close()
+
+
+def test_watchdog_pings_every_half_period_and_only_for_this_process(tmp_path: Path) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify.sock"))
+    receiver.settimeout(5)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
+    notifier = Notifier(env)
+    try:
+        assert notifier.watchdog_interval == 1.0
+        for now in (100.0, 100.5, 101.0, 101.2, 102.1):
+            notifier.watchdog(now)
+        notifier.stopping()
+        received = []
+        while not received or received[-1] != b"STOPPING=1":
+            received.append(receiver.recv(4096))
+        assert received == [b"WATCHDOG=1"] * 3 + [b"STOPPING=1"]  # at 100.0, 101.0 and 102.1
+    finally:
+        notifier.close()
+        receiver.close()
+    assert _watchdog_interval({**env, "WATCHDOG_PID": str(os.getpid() + 1)}) == 0.0  # meant for another process
+    assert _watchdog_interval({**env, "WATCHDOG_PID": str(os.getpid())}) == 1.0
+    assert _watchdog_interval({**env, "WATCHDOG_USEC": "0"}) == 0.0
+    assert _watchdog_interval({**env, "WATCHDOG_USEC": "soon"}) == 0.0
+    assert _watchdog_interval({}) == 0.0
