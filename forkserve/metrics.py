@@ -38,7 +38,7 @@ from forkserve.channel import DURATION_BUCKETS, Counters
 from forkserve.config.binds import parse_bind
 from forkserve.control.loop import LoopConnections
 from forkserve.sockets import Listener, close_listener, open_listener
-from forkserve.status import RESTART_CAUSES, worker_state
+from forkserve.status import RESTART_CAUSES, readiness, snapshot, worker_state
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = ("booting", "idle", "busy", "draining", "killed")
@@ -240,7 +240,7 @@ class _HTTPConnection:
 
 def _response(status: int, body: str, head: bool = False, content_type: str = "text/plain; charset=utf-8") -> bytes:
     reasons = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request",
-               431: "Request Header Fields Too Large"}
+               431: "Request Header Fields Too Large", 503: "Service Unavailable"}
     data = body.encode()
     header = (f"HTTP/1.0 {status} {reasons[status]}\r\nContent-Type: {content_type}\r\n"
               f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
@@ -288,11 +288,17 @@ class MetricsServer(LoopConnections):
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             return _response(400, "bad request\n")
         method, target = parts[0], parts[1].split("?", 1)[0]
-        if target != "/metrics":
-            return _response(404, "not found: try /metrics\n")
+        if target not in ("/metrics", "/healthz", "/readyz"):
+            return _response(404, "not found: try /metrics, /healthz or /readyz\n")
         if method not in ("GET", "HEAD"):
             return _response(405, "method not allowed\n")
-        return _response(200, self.metrics.render(), head=method == "HEAD", content_type=CONTENT_TYPE)
+        head = method == "HEAD"
+        if target == "/healthz":  # liveness: the master loop answered
+            return _response(200, "ok\n", head=head)
+        if target == "/readyz":  # readiness: what `forkserve status --ready` says, for HTTP probes
+            line = readiness(snapshot(self.metrics.master, workers=False))
+            return _response(200 if line == "ready" else 503, line + "\n", head=head)
+        return _response(200, self.metrics.render(), head=head, content_type=CONTENT_TYPE)
 
     def close(self) -> None:
         self.forget_all()

@@ -33,6 +33,7 @@ from forkserve.control.planning import invalid_report, plan_report
 from forkserve.control.protocol import Request
 from forkserve.spec import DesiredState, LoadedSite
 from forkserve.state import Observed
+from forkserve.status import readiness
 
 DEFAULT_SITE = "site.toml"
 TIMEOUT = 30.0
@@ -131,9 +132,7 @@ def _status(path: str, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snap, indent=2, sort_keys=True))
     elif args.ready:
-        lagging = [f"{a['name']} {a['ready']}/{a['desired']}" for a in snap["apps"]
-                   if a["in_site"] and a["ready"] < a["desired"]]
-        print("ready" if snap["ready"] else f"not ready: {', '.join(lagging) or 'stopping'}")
+        print(readiness(snap))
     else:
         print(format_status(snap, colour=_colour_wanted()))
     if args.ready:

@@ -104,6 +104,12 @@ def test_http_responder(fake_master) -> None:
         assert head.startswith(b"HTTP/1.0 200 OK") and b"version=0.0.4" in head
         assert value(body.decode(), "forkserve_workers_desired", app="web") == 2
         assert _ask(server, m.selector, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 404")
+        assert _ask(server, m.selector, b"GET /healthz HTTP/1.0\r\n\r\n").endswith(b"\r\n\r\nok\n")
+        not_ready = _ask(server, m.selector, b"GET /readyz HTTP/1.0\r\n\r\n")
+        assert not_ready.startswith(b"HTTP/1.0 503") and not_ready.endswith(b"not ready: api 0/1, web 1/2\n")
+        m.add_worker("web")
+        m.add_worker("api")
+        assert _ask(server, m.selector, b"GET /readyz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 OK")
         assert _ask(server, m.selector, b"POST /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 405")
         assert _ask(server, m.selector, b"nonsense\r\n\r\n").startswith(b"HTTP/1.0 400")
         assert _ask(server, m.selector, b"GET /metrics HTTP/1.0\r\n" + b"X: y\r\n" * 2000).startswith(
