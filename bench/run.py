@@ -437,8 +437,8 @@ def select(runs: Sequence[Run], **where: str) -> list[Run]:
     return [r for r in runs if all(getattr(r, k) == v for k, v in where.items())]
 
 
-def round_ratios(runs: Sequence[Run], app: str, mode: str, server: str) -> list[float]:
-    base = {r.round: r.wrk.rps for r in select(runs, app=app, mode=mode, server=BASELINE) if r.wrk and r.wrk.rps}
+def round_ratios(runs: Sequence[Run], app: str, mode: str, server: str, baseline: str = BASELINE) -> list[float]:
+    base = {r.round: r.wrk.rps for r in select(runs, app=app, mode=mode, server=baseline) if r.wrk and r.wrk.rps}
     return [r.wrk.rps / base[r.round] for r in select(runs, app=app, mode=mode, server=server)
             if r.wrk is not None and r.round in base]
 
@@ -448,32 +448,35 @@ def failure_note(rows: Sequence[Run]) -> str:
     return error.splitlines()[0].rstrip(":").replace("|", "/")
 
 
-def scenario_row(runs: Sequence[Run], app: App, mode: str, server: str, conns: int) -> str:
+def scenario_row(runs: Sequence[Run], app: App, mode: str, server: str, conns: int, aim: str | None) -> str:
     rows = select(runs, app=app.name, mode=mode, server=server)
     done = [r.wrk for r in rows if r.wrk is not None]
     if not done:
-        return f"| {server} | {failure_note(rows)} | | | | | | | |"
+        return f"| {server} | {failure_note(rows)} | | | | | | | |{' |' if aim else ''}"
     rps = [w.rps for w in done]
     med = statistics.median(rps)
     ratio = median_or_none(round_ratios(runs, app.name, mode, server))
+    to_aim = f"| {fmt(median_or_none(round_ratios(runs, app.name, mode, server, aim)), 2)} " if aim else ""
     errs = "/".join(str(sum(getattr(w, k) for w in done)) for k in ("connect", "read", "write", "timeout"))
     return (f"| {server} | {med:,.0f} | {min(rps):,.0f}..{max(rps):,.0f} "
             f"| {fmt(statistics.median(w.p50_ms for w in done), 2)} | {fmt(statistics.median(w.p99_ms for w in done))} "
             f"| {fmt(conns / med * 1000.0 if med else None, 2)} "
-            f"| {fmt(ratio, 2)} "
+            f"| {fmt(ratio, 2)} {to_aim}"
             f"| {sum(w.non2xx for w in done)} | {errs} |")
 
 
 def scenario_table(runs: Sequence[Run], app: App, mode: str, opts: Options) -> str:
     conns = connections_for(app, opts)
+    # granian, when in the run, is the aim beyond gunicorn: its own ratio column
+    aim = "granian" if any(s.name == "granian" for s in opts.servers) else None
     head = [
         f"### {app.name}, {'keep-alive' if mode == 'keepalive' else 'Connection: close'} (wrk -t1 -c{conns})",
         "",
         "| server | req/s median | min..max | p50 ms | p99 ms | conns/rps ms | ratio to gunicorn-gevent "
-        "| non-2xx | socket errors c/r/w/t |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        + (f"| ratio to {aim} " if aim else "") + "| non-2xx | socket errors c/r/w/t |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if aim else ""),
     ]
-    rows = [scenario_row(runs, app, mode, s.name, conns) for s in opts.servers]
+    rows = [scenario_row(runs, app, mode, s.name, conns, aim) for s in opts.servers]
     return "\n".join(head + rows)
 
 
