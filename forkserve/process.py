@@ -160,7 +160,7 @@ def parse_exits(messages: list[bytes]) -> list[tuple[int, int]]:
 
 def read_zygote_messages(zygote: Zygote) -> tuple[list[bytes], bool]:
     """Drain the zygote's socket without blocking: (messages, closed)."""
-    messages = []
+    messages: list[bytes] = []
     while True:
         try:
             message = zygote.control.recv(64)

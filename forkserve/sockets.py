@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from forkserve.config.binds import BindAddress
@@ -30,7 +31,7 @@ class Listener:
     owns_path: bool = False  # a unix socket file we created and must remove
 
 
-def systemd_fds(environ: dict[str, str] | None = None) -> list[int]:
+def systemd_fds(environ: Mapping[str, str] | None = None) -> list[int]:
     """Sockets passed by systemd socket activation (LISTEN_PID/LISTEN_FDS), when meant for this process."""
     env = os.environ if environ is None else environ
     try:
@@ -42,7 +43,7 @@ def systemd_fds(environ: dict[str, str] | None = None) -> list[int]:
     return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + max(0, count)))
 
 
-def systemd_names(environ: dict[str, str] | None = None) -> dict[str, int]:
+def systemd_names(environ: Mapping[str, str] | None = None) -> dict[str, int]:
     """FileDescriptorName= of each activated socket -> fd (LISTEN_FDNAMES, colon-separated)."""
     env = os.environ if environ is None else environ
     fds = systemd_fds(env)

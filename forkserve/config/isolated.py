@@ -111,7 +111,7 @@ def _child(data: bytes, path: str, write_fd: int) -> None:
 
 def _read_all(fd: int, deadline: float) -> bytes | None:
     """Everything the child writes until it closes the pipe; None on timeout."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         left = deadline - time.monotonic()
         if left <= 0:

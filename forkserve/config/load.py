@@ -81,7 +81,7 @@ def _load_text(text: bytes, path: str) -> SiteConfig:
     fmt = _format_of(path)
     source = _parse(_decode(text, path), fmt, path)
     base_dir = os.path.dirname(os.path.abspath(path))
-    found: list[tuple[KeyPath, str, tuple[int, int] | None]] = [
+    found: list[tuple[KeyPath, str, tuple[int, int | None] | None]] = [
         (p.path, p.message, (p.line, p.col) if p.line else None) for p in source.problems
     ]
     found += [(key, message, None) for key, message in cross_check(source.data, path, base_dir)]
@@ -99,7 +99,7 @@ def _load_text(text: bytes, path: str) -> SiteConfig:
 
 
 def _diagnostics(
-    found: list[tuple[KeyPath, str, tuple[int, int] | None]], source: Source, path: str
+    found: list[tuple[KeyPath, str, tuple[int, int | None] | None]], source: Source, path: str
 ) -> list[Diagnostic]:
     out = []
     for key, message, where in found:

@@ -237,8 +237,9 @@ class _TomlScanner:
             if self.peek() == "]":
                 self.i += 1
                 return
-            self.positions[(*path, index)] = self.pos(self.i)
-            self.value((*path, index))
+            key = (*path, index)  # not inline in the subscript: mypy reads `x[(*a, b)]` as 3.11-only PEP 646 syntax
+            self.positions[key] = self.pos(self.i)
+            self.value(key)
             index += 1
             self.skip(newlines=True)
             if self.peek() == ",":

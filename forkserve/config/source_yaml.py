@@ -112,8 +112,9 @@ class _YamlBuilder:
     def sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any]:
         out = []
         for index, item in enumerate(node.value):
-            self.positions[(*path, index)] = (item.start_mark.line + 1, item.start_mark.column + 1)
-            out.append(self.build(item, (*path, index)))
+            key = (*path, index)  # not inline in the subscript: mypy reads `x[(*a, b)]` as 3.11-only PEP 646 syntax
+            self.positions[key] = (item.start_mark.line + 1, item.start_mark.column + 1)
+            out.append(self.build(item, key))
         return out
 
     def scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:

@@ -72,7 +72,7 @@ class InputStream:
                 return self._take(len(self.buf))
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()

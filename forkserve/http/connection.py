@@ -26,12 +26,17 @@ import stat
 from collections.abc import Callable
 from time import perf_counter
 from time import time as _time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from forkserve.channel import CONNECTIONS, IN_FLIGHT
 from forkserve.http.body import EMPTY, ClientDisconnected
 from forkserve.http.parse import REASONS, ParseError, RequestParser
 from forkserve.http.response import CLOCK, FileWrapper, error_response, status_entry
+
+if TYPE_CHECKING:
+    import _socket
+
+    from httptools import HttpRequestParser
 
 RECV_SIZE = 65536
 SMALL_BODY = 65536  # below this the body is copied behind the header block: one send
@@ -40,6 +45,9 @@ LINGER_BYTES = 1 << 18
 LINGER_SECONDS = 1.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 STOP_IDLE_GRACE = 1.0  # seconds an idle keep-alive connection of a stopping worker may still send a request
+# What close() leaves in RequestParser._parser to break the parser <-> callbacks cycle. A closed connection's
+# parser is never fed again, so the attribute keeps the live parser's type: no None check per feed().
+_NO_PARSER = cast("HttpRequestParser", None)
 
 
 HEADS_CACHE = 512  # distinct (status, headers) pairs whose rendered header block is kept
@@ -150,7 +158,7 @@ class Connection:
     __slots__ = ("bodyless", "broken", "chunked", "code", "ctx", "head", "headers", "http10", "keep", "nbytes",
                  "parser", "remaining", "sent", "sock", "status", "stream", "waiting")
 
-    def __init__(self, ctx: Context, sock: socket.socket, env: dict[str, Any]) -> None:
+    def __init__(self, ctx: Context, sock: _socket.socket, env: dict[str, Any]) -> None:
         self.ctx = ctx
         self.sock = sock
         self.parser = RequestParser(self, env, ctx.limit_line, ctx.limit_fields, ctx.limit_field)
@@ -546,14 +554,14 @@ class Connection:
                 self._linger(sock)
         finally:
             parser.conn = None
-            parser._parser = None  # break the parser <-> callbacks cycle: no GC work per connection
+            parser._parser = _NO_PARSER  # break the parser <-> callbacks cycle: no GC work per connection
             parser.requests.clear()
             try:
                 sock.close()
             except OSError:
                 pass
 
-    def _linger(self, sock: socket.socket) -> None:
+    def _linger(self, sock: _socket.socket) -> None:
         """Close the write side, then read (and drop) what the client still sends for a moment, so that the
         kernel does not answer its unread data with a RST that could destroy our last response."""
         try:

@@ -47,6 +47,8 @@ from forkserve.http.connection import STOP_IDLE_GRACE, Connection, base_environ,
 from forkserve.workers.base import EXIT_OK, TICK_SECONDS, log
 
 if TYPE_CHECKING:
+    from gevent.hub import Hub
+
     from forkserve.workers.base import Worker
 
 READ = 1  # libev EV_READ
@@ -214,6 +216,12 @@ class GeventConnection(Connection):
     """A connection on a raw non-blocking socket; waits on lazily created libev watchers."""
 
     __slots__ = ("deadline", "hub", "reader", "waiter", "writer")
+    # all set by handle() right after construction (gevent ships no type information: watchers are Any)
+    deadline: float  # monotonic time at which the current wait times out (0.0: never)
+    hub: Hub
+    reader: Any | None  # libev io watchers, created on the first wait that needs one
+    writer: Any | None
+    waiter: Any  # the gevent Waiter of the current wait, or None when not waiting
 
     def _wait(self, events: int, timeout: float) -> None:
         if events == READ:

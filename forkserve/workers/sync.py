@@ -35,6 +35,7 @@ def prepare() -> None:
 
 class SyncConnection(Connection):
     __slots__ = ("worker",)
+    worker: Worker  # set by serve() right after construction
 
     def _wait(self, events: int, timeout: float) -> None:
         deadline = monotonic() + timeout
