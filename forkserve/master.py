@@ -94,6 +94,7 @@ class Master:
         self.started_wall = time.time()
         self.inherited_fds = systemd_fds()
         self.watcher: SiteWatcher | None = None
+        self.watching = False  # [server] watch: file events, or the timer's stat check alone if the watcher failed
         self.wake_r, self.wake_w = os.pipe()
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
@@ -149,10 +150,20 @@ class Master:
         self.execute(plan(self.desired, self.observed(), now), now)  # fork the first workers before the
         # watcher's thread exists and without waiting for it: a change made meanwhile is caught by the stat check
         if loaded.server.watch:
-            self.watcher = SiteWatcher(self.site.path, self.wake_w)
-            self.watcher.start()
+            self.watching = True
+            self._start_watcher()
         log.info("forkserve master %d started for %s (site revision %s)", os.getpid(), self.site.path,
                  self.site.revision)
+
+    def _start_watcher(self) -> None:
+        watcher = SiteWatcher(self.site.path, self.wake_w)
+        try:
+            watcher.start()
+        except OSError as exc:  # e.g. the inotify watch or instance limit: the stat check still sees edits
+            log.warning("cannot watch %s for changes (%s); checking it every %.2gs instead", self.site.path, exc,
+                        TICK)
+            return
+        self.watcher = watcher
 
     def close_all_listeners(self) -> None:
         for listener in self.listeners.values():
@@ -439,8 +450,7 @@ class Master:
         if self.desired.stopping:
             return
         explicit, self.reload_requested = self.reload_requested, False
-        watching = self.watcher is not None
-        changed = watching and signature(self.site.path) != self.site.signature
+        changed = self.watching and signature(self.site.path) != self.site.signature
         if changed and self.file_event_at is None:
             self.file_event_at = now  # seen by the timer's stat check: debounce like a watcher event
         if not explicit and (self.file_event_at is None or now - self.file_event_at < DEBOUNCE):

@@ -6,6 +6,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -215,6 +217,21 @@ def test_an_old_worker_lost_during_a_bad_deploy_is_replaced_from_the_old_code(si
     assert {get(address)[1].split()[0] for _ in range(6)} == {"v1"}  # the replacement runs the old code
     site.write(app_block("web", 2, "v3"))  # a fix: the roll to it proceeds as usual
     wait_until(lambda: {get(address)[1].split()[0] for _ in range(4)} == {"v3"}, timeout=30)
+
+
+def test_a_file_watcher_that_cannot_start_falls_back_to_the_stat_check(site_factory) -> None:
+    site = site_factory(app_block("web", 1))
+    refuse = ("import sys\nimport forkserve.watch\n"
+              "def start(self): raise OSError(28, 'inotify watch limit reached')\n"
+              "forkserve.watch.SiteWatcher.start = start\n"
+              "from forkserve.cli import main\nsys.exit(main(['up', sys.argv[1]]))")
+    site.log_file = open(site.log_path, "ab")  # noqa: SIM115 - closed by Site.stop
+    site.proc = subprocess.Popen([sys.executable, "-c", refuse, str(site.path)], stdout=site.log_file,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    wait_until(lambda: site.ready("web", 1))
+    assert "cannot watch" in site.log() and "inotify watch limit reached" in site.log()
+    site.write(app_block("web", 2))
+    wait_until(lambda: site.ready("web", 2), what="the edit applied without a watcher")
 
 
 def test_identical_rewrite_and_touch_change_nothing(site_factory) -> None:
