@@ -13,10 +13,10 @@ Per app, workers split into *current* (live, the desired revision, not asking to
   retire a ready outdated worker only while the ready count stays at or above `workers - max_unavailable`;
   outdated workers that are not ready serve nothing and go at once. New workers that cannot boot are held back
   by the backoff, so the outdated ones keep serving;
-- the desired revision held back by its backoff: **hold** — the workers of the newest revision that ran healthy
-  (`Observed.proven`) keep serving, and those that die are replaced *from that revision*, up to `workers`.
-  A crash of an old worker during a bad deploy therefore costs no capacity. The roll resumes when the backoff
-  expires.
+- the desired revision held back by its backoff: **hold** — the scale and roll rules above aim at the newest
+  revision that ran healthy (`Observed.proven`) instead: its workers keep serving, those that die are replaced
+  *from that revision*, and its recycle requests roll within it. A crash of an old worker during a bad deploy
+  therefore costs no capacity. The roll to the desired revision resumes when the backoff expires.
 Liveness is decided here too: a booting worker past `boot_timeout`, a ready one silent for `timeout` (SIGABRT,
 then SIGKILL), a draining one past its deadline. Listeners open before the workers that use them spawn (same
 plan, earlier action), and close only after no desired app names them and no worker holds them.
@@ -25,7 +25,7 @@ plan, earlier action), and close only after no desired app names them and no wor
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from forkserve.config.binds import BindAddress
 from forkserve.spec import AppSpec, DesiredState
@@ -146,16 +146,16 @@ def _roll(spec: AppSpec, current: list[WorkerView], outdated: list[WorkerView], 
 
 def _hold(spec: AppSpec, proven: AppSpec, current: list[WorkerView], outdated: list[WorkerView],
           available: frozenset[BindAddress]) -> list[Action]:
-    """The desired revision cannot boot: serve `spec.workers` from the proven revision meanwhile. Outdated
-    workers that are not ready go (except the proven revision's own replacements, booting); the rest stay."""
-    keep = [w for w in outdated if w.phase is Phase.READY or w.revision == proven.revision]
-    actions: list[Action] = [Retire(w.pid, _why(w)) for w in outdated if w not in keep]
-    serving = len(keep) + sum(w.phase is Phase.READY for w in current)
-    if serving > spec.workers:  # scaled down meanwhile
-        actions += [Retire(w.pid, "scale") for w in _surplus_first(keep)[: serving - spec.workers]]
-    elif serving < spec.workers and all(b in available for b in proven.binds):
-        actions += [Spawn(spec.name, proven.revision)] * (spec.workers - serving)
-    return actions
+    """The desired revision cannot boot: keep `spec.workers` serving from the proven revision meanwhile, by the
+    same scale and roll rules aimed at it (so older revisions and recycle requests still roll, within the same
+    surge and floor). Ready workers of the desired revision count; booting ones are left to boot or fail."""
+    ready_new = sum(w.phase is Phase.READY for w in current)
+    target = replace(proven, workers=max(0, spec.workers - ready_new), max_surge=spec.max_surge,
+                     max_unavailable=spec.max_unavailable)
+    mine = [w for w in outdated if w.revision == proven.revision and not w.recycle]
+    others = [w for w in outdated if w.revision != proven.revision or w.recycle]
+    may_spawn = all(b in available for b in proven.binds)
+    return _roll(target, mine, others, may_spawn) if others else _scale(target, mine, may_spawn)
 
 
 def _why(worker: WorkerView) -> str:

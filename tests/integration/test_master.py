@@ -103,10 +103,10 @@ def test_an_app_that_cannot_import_backs_off_while_the_other_serves(site_factory
         chdir = "@APPS@"
         binds = ["127.0.0.1:0"]
     """).start()
-    wait_until(lambda: site.log().count("failed to boot") >= 2, timeout=20, what="repeated boot failures")
+    wait_until(lambda: "failures in a row; next try in" in site.log(), timeout=20, what="repeated boot failures")
     log = site.log()
+    assert log.count("failed to boot") >= 2
     assert "this app cannot be imported" in log  # the app's own error reaches the operator
-    assert "failures in a row; next try in" in log
     assert site.proc is not None and site.proc.poll() is None  # the master lives
     assert get(site.address("good"))[0] == 200
 

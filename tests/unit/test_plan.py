@@ -145,6 +145,18 @@ def test_hold_keeps_the_wanted_count_from_the_proven_revision(
     assert kinds(plan(new, obs, NOW)) == expect
 
 
+def test_recycle_requests_during_a_hold_roll_within_the_proven_revision() -> None:
+    old = desired(api={"workers": 2})
+    new = desired(api={"workers": 2, "module": "broken:app"})
+    rev = old.apps["api"].revision
+    tired, fresh = worker(old, revision=rev, recycle=True), worker(old, revision=rev)
+    held = {"backoff": {("api", new.apps["api"].revision): Backoff(1, NOW + 30, "boom")},
+            "proven": {"api": old.apps["api"]}}
+    assert plan(new, observed(tired, fresh, **held), NOW) == (Spawn("api", rev),)  # surge first
+    replacement = worker(old, revision=rev)
+    assert plan(new, observed(tired, fresh, replacement, **held), NOW) == (Retire(tired.pid, "recycle"),)
+
+
 def test_recycle_request_is_a_one_worker_roll() -> None:
     d = desired(api={"workers": 2})
     tired = worker(d, recycle=True)
