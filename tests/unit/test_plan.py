@@ -318,3 +318,40 @@ def test_a_listener_closes_only_when_no_worker_holds_it(case: tuple[DesiredState
     for a in plan(d.stopped(), obs, NOW):
         if isinstance(a, CloseListener):
             assert all(a.bind not in w.binds for w in obs.workers.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(app_settings, app_settings, st.lists(st.sampled_from(["calm", "death", "recycle"]), min_size=1, max_size=40))
+def test_a_hold_keeps_the_floor_and_converges_on_the_proven_revision(
+    before: dict[str, object], after: dict[str, object], events: list[str]
+) -> None:
+    old = desired(api=before)
+    new = desired(api={**after, "module": "broken:app"})
+    spec, rev = new.apps["api"], old.apps["api"].revision
+    held = {"backoff": {("api", spec.revision): Backoff(1, NOW + 10_000, "boom")}, "proven": {"api": old.apps["api"]}}
+    obs = observed(*[worker(old) for _ in range(old.apps["api"].workers)], **held)
+    floor = spec.workers - spec.max_unavailable
+    now = NOW
+    for step in range(len(events) + 60):
+        ready_before = sum(w.phase is Phase.READY for w in obs.workers.values())
+        obs = apply(plan(new, obs, now), obs, new, now)
+        assert all(w.revision == rev for w in obs.workers.values() if w.phase is Phase.BOOTING)  # never the broken one
+        ready = sum(w.phase is Phase.READY for w in obs.workers.values())
+        assert ready >= min(floor, ready_before)  # retirements never take it below the floor
+        event = events[step] if step < len(events) else "calm"
+        moved = {}
+        for w in obs.workers.values():
+            if w.phase is Phase.BOOTING:
+                moved[w.pid] = dataclasses.replace(w, phase=Phase.READY, ready_at=now)
+            elif w.phase is Phase.READY:
+                moved[w.pid] = dataclasses.replace(w, heartbeat=now)
+        ready_pids = sorted(p for p, w in moved.items() if w.phase is Phase.READY and w.ready_at != now)
+        if event == "death" and ready_pids:
+            del moved[ready_pids[0]]  # killed from outside: gone before the next plan
+        elif event == "recycle" and ready_pids:
+            moved[ready_pids[-1]] = dataclasses.replace(moved[ready_pids[-1]], recycle=True)
+        obs = dataclasses.replace(obs, workers=moved)
+        now += 1
+    live = [w for w in obs.workers.values() if w.live]
+    assert len(live) == spec.workers
+    assert all(w.revision == rev and w.phase is Phase.READY and not w.recycle for w in live)
