@@ -54,3 +54,16 @@ def test_bench_runs_once_and_writes_a_table(tmp_path: Path) -> None:
     for run in runs:
         if not run["started"]:
             assert "failed to start" in run["error"]
+
+
+@pytest.mark.timeout(120)
+def test_startup_script_runs_once() -> None:
+    reason = _missing_tool()
+    if reason:
+        pytest.skip(reason)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "startup.py"), "--starts", "1", "--servers", ",".join(SERVERS)],
+        capture_output=True, text=True, timeout=100, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "| forkserve-sync |" in done.stdout and "| gunicorn-sync |" in done.stdout
