@@ -11,6 +11,7 @@ import sys
 import textwrap
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ def run_python(code: str, *path: Path) -> str:
     return done.stdout
 
 
-def test_prepare_defers_ssl_and_skips_importlib_metadata():
+def test_prepare_defers_ssl_and_skips_importlib_metadata() -> None:
     out = run_python("""
         from forkserve.workers.gevent import prepare
         prepare()
@@ -40,7 +41,7 @@ def test_prepare_defers_ssl_and_skips_importlib_metadata():
     assert out.split() == ["False", "False", "True", "False"]
 
 
-def test_ssl_is_patched_before_the_importer_sees_it():
+def test_ssl_is_patched_before_the_importer_sees_it() -> None:
     out = run_python("""
         from forkserve.workers.gevent import prepare
         prepare()
@@ -55,7 +56,7 @@ def test_ssl_is_patched_before_the_importer_sees_it():
     assert out.split() == ["True", "True", "True", "True", "False"]
 
 
-def test_ssl_imported_before_prepare_is_patched_at_once():
+def test_ssl_imported_before_prepare_is_patched_at_once() -> None:
     out = run_python("""
         import warnings
         import ssl
@@ -70,7 +71,7 @@ def test_ssl_imported_before_prepare_is_patched_at_once():
     assert out.split() == ["True", "True"]
 
 
-def test_app_importing_gevent_ssl_first_still_gets_ssl_patched():
+def test_app_importing_gevent_ssl_first_still_gets_ssl_patched() -> None:
     out = run_python("""
         from forkserve.workers.gevent import patch_ssl_if_imported, prepare
         prepare()
@@ -110,7 +111,7 @@ def write_plugin(root: Path, dist: str = "fake_plugin-1.0") -> None:
     """))
 
 
-def test_plugins_are_called_as_gevent_would(tmp_path):
+def test_plugins_are_called_as_gevent_would(tmp_path: Path) -> None:
     write_plugin(tmp_path)
     out = run_python("""
         from forkserve.workers.gevent import prepare
@@ -121,7 +122,7 @@ def test_plugins_are_called_as_gevent_would(tmp_path):
     assert out.split() == ["will,did", "False"]
 
 
-def test_plugin_scan_matches_importlib_metadata(tmp_path):
+def test_plugin_scan_matches_importlib_metadata(tmp_path: Path) -> None:
     write_plugin(tmp_path / "a")
     write_plugin(tmp_path / "b", "Fake.Plugin-2.0")  # the same distribution later on the path: shadowed
     (tmp_path / "a" / "other-1.0.dist-info").mkdir()  # no entry_points.txt
@@ -140,7 +141,7 @@ def test_plugin_scan_matches_importlib_metadata(tmp_path):
     assert found["gevent.plugins.monkey.will_patch_all"].count("fakeplugin:Hooks.will_patch_all [extra]") == 1
 
 
-def test_plugin_scan_defers_to_importlib_metadata_for_zips_and_eggs(tmp_path):
+def test_plugin_scan_defers_to_importlib_metadata_for_zips_and_eggs(tmp_path: Path) -> None:
     archive = tmp_path / "lib.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("x.py", "")
@@ -150,14 +151,14 @@ def test_plugin_scan_defers_to_importlib_metadata_for_zips_and_eggs(tmp_path):
     assert plugin_entry_points([str(tmp_path)]) == {}
 
 
-def test_load_entry_point():
+def test_load_entry_point() -> None:
     assert load_entry_point("os.path:join") is __import__("os").path.join
     assert load_entry_point("os.path") is __import__("os").path
     with pytest.raises(ValueError):
         load_entry_point("not valid!")
 
 
-def test_gevent_worker_app_using_ssl_gets_the_cooperative_module(start_worker):
+def test_gevent_worker_app_using_ssl_gets_the_cooperative_module(start_worker: Any) -> None:
     worker = start_worker(worker_class="gevent", module="wapps:ssl_patched")
     with worker.connect() as sock:
         sock.sendall(GET)
