@@ -28,7 +28,7 @@ from forkserve.changes import RESTART_ONLY, summary
 from forkserve.channel import MasterEnd
 from forkserve.config.binds import BindAddress
 from forkserve.config.errors import ConfigError
-from forkserve.config.isolated import Validation, load_site
+from forkserve.config.isolated import Validation, load_site, read_site
 from forkserve.control.plane import ControlPlane, attach
 from forkserve.control.server import ControlSocketError
 from forkserve.logs import reopen_file_handler
@@ -42,7 +42,6 @@ from forkserve.watch import SiteWatcher, signature
 TICK = 0.25  # seconds between timer wake-ups (deadlines, heartbeats, the file's stat signature)
 DEBOUNCE = 0.2  # seconds of quiet after a file event before the file is read
 BIND_RETRY = 5.0  # seconds before retrying a listener that failed to open after start-up
-MAX_SITE_BYTES = 1 << 20
 
 log = logging.getLogger("forkserve")
 
@@ -111,7 +110,7 @@ class Master:
         """Load the file, bind every listener, install signals. Raises StartupError leaving nothing open.
         `early`: the validation of the file, started before the master's modules were imported."""
         self.site.signature = signature(self.site.path)
-        data = early.data if early else self._read_site()
+        data = early.data if early else read_site(self.site.path)
         if data is None:
             raise StartupError(f"{self.site.path}: cannot read the site file")
         if early:
@@ -439,13 +438,6 @@ class Master:
 
     # ---- the site file -----------------------------------------------------------------------------------
 
-    def _read_site(self) -> bytes | None:
-        try:
-            with open(self.site.path, "rb") as f:
-                return f.read(MAX_SITE_BYTES + 1)
-        except OSError:
-            return None
-
     def _maybe_reload(self, now: float) -> None:
         if self.desired.stopping:
             return
@@ -469,7 +461,7 @@ class Master:
 
     def _reload(self, explicit: bool) -> str:
         sig = signature(self.site.path)
-        data = self._read_site()
+        data = read_site(self.site.path)
         if data is None:
             self.site.signature = sig
             if not self.site.missing:

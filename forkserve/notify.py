@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 log = logging.getLogger("forkserve")
 
@@ -28,7 +29,7 @@ def _address(value: str) -> str | bytes | None:
     return None  # vsock and other forms are not supported
 
 
-def _watchdog_interval(env: dict[str, str] | os._Environ[str]) -> float:
+def _watchdog_interval(env: Mapping[str, str]) -> float:
     """Seconds between WATCHDOG=1 pings: half of $WATCHDOG_USEC, or 0 when the watchdog is off or meant for
     another process ($WATCHDOG_PID names it)."""
     usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")

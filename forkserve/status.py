@@ -129,7 +129,7 @@ def _app(master: Any, name: str, now: float, to_wall: Any, with_workers: bool) -
         "name": name,
         "in_site": spec is not None,
         "revision": revision,
-        "proven_revision": proven.revision if (proven := getattr(master, "proven", {}).get(name)) else None,
+        "proven_revision": proven.revision if (proven := master.proven.get(name)) else None,
         "desired": spec.workers if spec else 0,
         "running": len(live),
         "ready": ready,

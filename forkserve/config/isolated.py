@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # step, so every module imported before the fork would delay the child (pydantic, the critical path of start-up).
 
 TIMEOUT = 20.0  # seconds; a 1 MiB file validates in well under a second
+MAX_SITE_BYTES = 1 << 20  # read one byte more, so that the loader can say "too large"
 
 
 class Validation:
@@ -63,15 +64,20 @@ class Validation:
         raise ConfigError(value)
 
 
+def read_site(path: str) -> bytes | None:
+    """The site file's bytes (at most MAX_SITE_BYTES + 1), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_SITE_BYTES + 1)
+    except OSError:
+        return None
+
+
 def start_validation(site_path: str) -> Validation | None:
     """Read the site file and start validating it; None when it cannot be read (the master reports that)."""
     path = os.path.abspath(site_path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read((1 << 20) + 1)
-    except OSError:
-        return None
-    return Validation(data, path)
+    data = read_site(path)
+    return None if data is None else Validation(data, path)
 
 
 def load_site(data: bytes, path: str, timeout: float = TIMEOUT) -> LoadedSite:
