@@ -207,7 +207,7 @@ class AppConfig(BaseModel):
     def _count_or_ratio(cls, v: int | str) -> int | str:
         if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1024:
             return v
-        if isinstance(v, str) and RATIO_RE.match(v):
+        if isinstance(v, str) and RATIO_RE.fullmatch(v):  # not match: its `$` also matches before a final "\n"
             return v
         raise ValueError('must be a count from 0 to 1024 or a percentage like "25%"')
 

@@ -210,10 +210,11 @@ def test_int_for_float_is_a_float_as_in_the_models() -> None:
 
 
 def test_ratio_before_a_newline_is_refused() -> None:
-    # The models accept "5%\n" (the count-or-ratio validator uses Python's re.match, whose `$` matches before a
-    # final newline), then LoadedSite.from_config fails on it in int(). The fast path refuses it.
+    # The models once accepted "5%\n" (re.match's `$` also matches before a final newline), and then
+    # LoadedSite.from_config failed on it in int(). Found by this fast path's tests; both refuse it now.
     data = site('max_surge = "5%\\n"')
-    assert load_text(data, SITE).apps["api"].max_surge == "5%\n"
+    with pytest.raises(ConfigError, match="max_surge"):
+        load_text(data, SITE)
     assert quick_load(data, SITE) is None
 
 
