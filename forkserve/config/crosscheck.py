@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forkserve.config.binds import BindAddress, binds_overlap, parse_bind
 from forkserve.config.paths import default_control_socket
-from forkserve.config.source import KeyPath, format_path
+
+if TYPE_CHECKING:  # the fast path runs these checks in the master on start-up: no parser module for a type name
+    from forkserve.config.source import KeyPath
 
 GEVENT_ONLY = ("worker_connections",)
 
@@ -55,6 +57,8 @@ def _shared_binds(data: dict[str, Any], base_dir: str) -> Iterator[tuple[KeyPath
     for path, text, bind in _binds(data, base_dir):
         for other_path, other_text, other in seen:
             if binds_overlap(bind, other):
+                from forkserve.config.source import format_path  # only to word a finding
+
                 owner = "this app" if other_path[1] == path[1] else f"app `{other_path[1]}`"
                 what = "is the same socket as" if bind == other else "overlaps"
                 yield path, (f'"{text}" {what} "{other_text}" of {owner} ({format_path(other_path)}); '

@@ -1,5 +1,10 @@
 """Validate a site file in a short-lived child process; the master gets plain frozen values back.
 
+A fast path comes first for TOML files of up to 64 KiB (`forkserve.config.fast`: no pydantic, in-process,
+a few ms): it can only say "valid, here is the result", held equal to the models' result by a differential
+test. Whatever it does not vouch for is validated in the child, by the models, which also write every error
+message. The size cap keeps a hostile file's parse out of the master's memory.
+
 Why: pydantic and the models cost about 20 MB of memory, and every worker is forked from the master, so a
 master that imported them would hand those pages to every worker of every app. Validating in a child also
 means no site file, however hostile (deep nesting, huge strings), can exhaust the master's memory or raise
@@ -27,6 +32,7 @@ if TYPE_CHECKING:
 
 TIMEOUT = 20.0  # seconds; a 1 MiB file validates in well under a second
 MAX_SITE_BYTES = 1 << 20  # read one byte more, so that the loader can say "too large"
+FAST_PATH_MAX_BYTES = 64 << 10  # larger files (a site file is typically 1-4 KiB) are parsed in the child only
 
 
 class Validation:
@@ -73,16 +79,53 @@ def read_site(path: str) -> bytes | None:
         return None
 
 
-def start_validation(site_path: str) -> Validation | None:
+def signature(path: str) -> tuple[int, int, int, int] | None:
+    """What `stat` says about the file behind the path (symlinks followed); None when it is missing. The master
+    compares it on its timer, in case a file system does not deliver the watcher's events (NFS, some overlays)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Vouched:
+    """A site file the fast path found valid: the result is there already. Same interface as Validation, so the
+    master need not care which path validated its first file."""
+
+    def __init__(self, data: bytes, loaded: LoadedSite) -> None:
+        self.data, self.loaded = data, loaded
+
+    def result(self, timeout: float = TIMEOUT) -> LoadedSite:
+        return self.loaded
+
+
+def start_validation(site_path: str) -> Validation | Vouched | None:
     """Read the site file and start validating it; None when it cannot be read (the master reports that)."""
     path = os.path.abspath(site_path)
     data = read_site(path)
-    return None if data is None else Validation(data, path)
+    if data is None:
+        return None
+    if path.lower().endswith(".toml"):  # else YAML: straight to the child, whose import overlaps the master's
+        loaded = _quick_load(data, path)
+        if loaded is not None:
+            return Vouched(data, loaded)
+    return Validation(data, path)
 
 
 def load_site(data: bytes, path: str, timeout: float = TIMEOUT) -> LoadedSite:
-    """The site file's content -> LoadedSite, validated in a child process. Raises ConfigError."""
-    return Validation(data, path).result(timeout)
+    """The site file's content -> LoadedSite: vouched for by the fast path, or else validated by the models in a
+    child process (which also writes every error message). Raises ConfigError."""
+    loaded = _quick_load(data, path)
+    return loaded if loaded is not None else Validation(data, path).result(timeout)
+
+
+def _quick_load(data: bytes, path: str) -> LoadedSite | None:
+    if len(data) > FAST_PATH_MAX_BYTES:
+        return None
+    from forkserve.config.fast import quick_load
+
+    return quick_load(data, path)
 
 
 def _child(data: bytes, path: str, write_fd: int) -> None:
