@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from forkserve import backoff, process
@@ -28,16 +28,18 @@ from forkserve.changes import RESTART_ONLY, summary
 from forkserve.channel import MasterEnd
 from forkserve.config.binds import BindAddress
 from forkserve.config.errors import ConfigError
-from forkserve.config.isolated import Validation, load_site, read_site
-from forkserve.control.plane import ControlPlane, attach
-from forkserve.control.server import ControlSocketError
+from forkserve.config.isolated import Validation, Vouched, load_site, read_site, signature
 from forkserve.logs import reopen_file_handler
 from forkserve.plan import Action, CloseListener, Kill, OpenListener, Retire, Spawn, plan
 from forkserve.preload import Preloads
 from forkserve.sockets import BindError, Listener, close_listener, open_listener, systemd_fds
 from forkserve.spec import AppSpec, DesiredState, LoadedSite, ServerSettings
 from forkserve.state import Backoff, Observed, Phase, WorkerView
-from forkserve.watch import SiteWatcher, signature
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # imported once the first workers are forked: off the start-up critical path
+    from forkserve.control.plane import ControlPlane
+    from forkserve.watch import SiteWatcher
 
 TICK = 0.25  # seconds between timer wake-ups (deadlines, heartbeats, the file's stat signature)
 DEBOUNCE = 0.2  # seconds of quiet after a file event before the file is read
@@ -106,19 +108,22 @@ class Master:
 
     # ---- start-up and shutdown ------------------------------------------------------------------------
 
-    def start(self, early: Validation | None = None) -> None:
-        """Load the file, bind every listener, install signals. Raises StartupError leaving nothing open.
+    def start(self, early: Validation | Vouched | None = None) -> None:
+        """Load the file, bind every listener, fork the first workers, then open the control socket, write the
+        pidfile and start the watcher. Raises StartupError leaving nothing running.
         `early`: the validation of the file, started before the master's modules were imported."""
         self.site.signature = signature(self.site.path)
         data = early.data if early else read_site(self.site.path)
         if data is None:
             raise StartupError(f"{self.site.path}: cannot read the site file")
-        if early:
-            _import_worker_side()  # while the child validates: the master would only be waiting
+        if isinstance(early, Validation):
+            _import_worker_side(("sync", "gevent"))  # while the child validates: the master would only be waiting
         try:
             loaded = early.result() if early else load_site(data, self.site.path)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
+        if not isinstance(early, Validation):
+            _import_worker_side({spec.worker_class for spec in loaded.desired.apps.values()})
         setup_logging(loaded.server)
         self._apply(loaded, data)
         for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
@@ -132,29 +137,57 @@ class Master:
                     self.close_all_listeners()
                     raise StartupError(f"app {action.app!r}: cannot bind {exc}") from None
         self._install_signals()
-        process.become_subreaper()  # orphans of a dead preload process come back to us to be reaped
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake_pipe)
+        # The first workers are forked now: the time to a first response is the time to get here. The rest of
+        # start-up (control socket, metrics, pidfile, watcher: ~30 ms, mostly imports) runs while they boot.
+        now = time.monotonic()
+        self.execute(plan(self.desired, self.observed(), now), now)
+        try:
+            self._start_services(loaded.server)
+        except StartupError:
+            self._abandon_children()
+            raise
+        log.info("forkserve master %d started for %s (site revision %s)", os.getpid(), self.site.path,
+                 self.site.revision)
+
+    def _start_services(self, server: ServerSettings) -> None:
+        from forkserve.control.plane import attach
+        from forkserve.control.server import ControlSocketError
+
+        process.become_subreaper()  # orphans of a dead preload process come back to us to be reaped
         try:
             self.control = attach(self)
         except (ControlSocketError, BindError, ValueError) as exc:
-            self.close_all_listeners()
             raise StartupError(str(exc)) from None
         try:
             self._write_pidfile()
         except OSError as exc:
-            self.close_all_listeners()
-            raise StartupError(f"cannot write the pidfile {loaded.server.pidfile}: {exc.strerror}") from None
+            raise StartupError(f"cannot write the pidfile {server.pidfile}: {exc.strerror}") from None
         _set_title(f"forkserve: master [{self.site.path}]")
-        now = time.monotonic()
-        self.execute(plan(self.desired, self.observed(), now), now)  # fork the first workers before the
-        # watcher's thread exists and without waiting for it: a change made meanwhile is caught by the stat check
-        if loaded.server.watch:
+        if server.watch:  # a change made before the watcher's thread exists is caught by the stat check
             self.watching = True
             self._start_watcher()
-        log.info("forkserve master %d started for %s (site revision %s)", os.getpid(), self.site.path,
-                 self.site.revision)
+
+    def _abandon_children(self) -> None:
+        """Start-up failed after the first fork: kill what was forked (it never served a known address for
+        long) and close every listener, so that nothing is left running."""
+        if self.control:
+            self.control.close()
+            self.control = None
+        for pid in list(self.workers):
+            process.send_signal(pid, signal.SIGKILL)
+        for record in self.preloads.zygotes.values():
+            process.send_signal(record.zygote.pid, signal.SIGKILL)
+        for pid in [*self.workers, *(r.zygote.pid for r in self.preloads.zygotes.values())]:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.workers.clear()
+        self.preloads.zygotes.clear()
+        self.close_all_listeners()
 
     def _start_watcher(self) -> None:
+        from forkserve.watch import SiteWatcher
+
         watcher = SiteWatcher(self.site.path, self.wake_w)
         try:
             watcher.start()
@@ -550,15 +583,18 @@ def reopen_logs() -> None:
     reopen_file_handler(_log_handler)
 
 
-def _import_worker_side() -> None:
-    """Import the modules every worker needs (the HTTP request path, httptools) into the master: forked workers
-    then find them loaded and shared instead of each importing its own copy (~10 ms off every worker's boot,
-    less private memory per worker). Never gevent or app code: those stay in the workers."""
-    import forkserve.workers.gevent
-    import forkserve.workers.sync  # noqa: F401
+def _import_worker_side(worker_classes: Iterable[str]) -> None:
+    """Import the modules the workers of these classes need (the HTTP request path, httptools) into the master
+    before the first fork: forked workers find them loaded and shared instead of each importing its own copy
+    (~15 ms off every worker's boot, less private memory per worker). Never gevent or app code: those stay in
+    the workers."""
+    import importlib
+
+    for name in sorted(worker_classes):
+        importlib.import_module(f"forkserve.workers.{name}")
 
 
-def run_site(site_path: str, early: Validation | None = None) -> int:
+def run_site(site_path: str, early: Validation | Vouched | None = None) -> int:
     """`forkserve up SITE`: exit 0 after a stop, 3 when the site cannot start."""
     master = Master(site_path)
     try:

@@ -69,11 +69,3 @@ class SiteWatcher:
             self._observer.join(timeout=2)
             self._observer = None
 
-
-def signature(path: str) -> tuple[int, int, int, int] | None:
-    """What `stat` says about the file behind the path (symlinks followed); None when it is missing."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -189,6 +190,32 @@ def test_a_port_in_use_names_the_app_and_leaves_nothing_running(tmp_path: Path) 
     assert result.returncode == 3
     assert "app 'web'" in result.stderr and "address already in use" in result.stderr
     assert not (tmp_path / "a.sock").exists()  # the listener opened before the failure was closed again
+
+
+def test_a_failure_after_the_first_fork_leaves_nothing_running(tmp_path: Path) -> None:
+    # The first workers are forked before the control socket is opened (start-up speed): when that socket turns
+    # out to be taken (another master of this site, here a stand-in), the workers are killed and reaped too.
+    control = tmp_path / "control.sock"
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(control))
+    other.listen()
+    path = tmp_path / "site.toml"
+    path.write_text(f'[server]\ncontrol_socket = "{control}"\n[apps.web]\nmodule = "basic:app"\nchdir = "{APPS}"\n'
+                    f'binds = ["unix:{tmp_path}/web.sock"]\nworkers = 2\n')
+    proc = subprocess.Popen([sys.executable, "-m", "forkserve", "up", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 3, stderr
+        assert "already listening" in stderr, stderr
+        assert not (tmp_path / "web.sock").exists()
+        with pytest.raises(ProcessLookupError):  # the master's session: no worker of it is left
+            os.killpg(proc.pid, 0)
+    finally:
+        other.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_the_master_never_imports_gevent_or_app_code(site_factory) -> None:
