@@ -187,7 +187,7 @@ def server_command(server: Server, app: App, port: int, workers: int, tmp: Path)
     if server.kind == "forkserve":
         site = tmp / "site.toml"
         site.write_text(forkserve_site(server, app, port, workers, tmp))
-        return [sys.executable, "-m", "forkserve", "up", str(site)]
+        return [executable("forkserve"), "up", str(site)]  # the console script, as gunicorn is run
     if server.kind == "gunicorn":
         cmd = [executable("gunicorn"), "--chdir", str(APPS_DIR), "-b", f"{HOST}:{port}", "-w", str(workers),
                "--log-level", "warning", "-k", server.worker_class]
@@ -634,8 +634,23 @@ def build_options(args: argparse.Namespace) -> tuple[Options, dict[str, str]]:
     return opts, skipped
 
 
+def compile_bytecode() -> None:
+    """Compile forkserve's and the bench apps' bytecode first, as `pip install` does for an installed package.
+
+    This checkout is an editable install, whose modules would otherwise be compiled from source on every start
+    when bytecode is not written (PYTHONDONTWRITEBYTECODE, a read-only tree): ~50 ms that gunicorn, installed
+    with its bytecode, does not pay. Both servers import the same app files, now compiled too."""
+    import compileall
+
+    import forkserve
+
+    for directory in (Path(forkserve.__file__).parent, APPS_DIR):
+        compileall.compile_dir(str(directory), quiet=1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     opts, skipped = build_options(parse_args(argv))
+    compile_bytecode()
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
