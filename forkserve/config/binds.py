@@ -9,7 +9,6 @@ Accepted spellings (the canonical one is what `canonical_bind` returns):
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -55,6 +54,8 @@ def _tcp(rest: str, original: str) -> BindAddress:
         host, sep, port = rest[1:].partition("]:")
         if not sep:
             raise ValueError(f"bind {original!r}: an IPv6 bind is written [ADDRESS]:PORT")
+        import ipaddress  # only for IPv6 binds: the master parses binds on the start-up critical path
+
         try:
             addr = ipaddress.IPv6Address(host)
         except ValueError:
