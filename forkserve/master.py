@@ -138,6 +138,7 @@ class Master:
                     raise StartupError(f"app {action.app!r}: cannot bind {exc}") from None
         self._install_signals()
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake_pipe)
+        _set_title(f"forkserve: master [{self.site.path}]")  # before the fork: workers find setproctitle loaded
         # The first workers are forked now: the time to a first response is the time to get here. The rest of
         # start-up (control socket, metrics, pidfile, watcher: ~30 ms, mostly imports) runs while they boot.
         now = time.monotonic()
@@ -163,7 +164,6 @@ class Master:
             self._write_pidfile()
         except OSError as exc:
             raise StartupError(f"cannot write the pidfile {server.pidfile}: {exc.strerror}") from None
-        _set_title(f"forkserve: master [{self.site.path}]")
         if server.watch:  # a change made before the watcher's thread exists is caught by the stat check
             self.watching = True
             self._start_watcher()
