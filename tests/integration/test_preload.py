@@ -62,7 +62,7 @@ def test_a_code_change_rolls_through_a_new_preload_process_without_failures(site
         wait_until(lambda: load.bodies and all(b.startswith("v2") for b in load.bodies[-10:]), timeout=30,
                    what="the new revision to serve")
         wait_until(lambda: not alive(old_zygote), timeout=30, what="the old preload process to retire")
-    assert load.failures == []
+    assert load.failures == [], site.log()[-4000:]  # the master's log tells what happened around a failure
     assert parent_of(pid_of(get(address)[1])) != old_zygote
 
 
