@@ -174,11 +174,10 @@ class Master:
         if self.control:
             self.control.close()
             self.control = None
-        for pid in list(self.workers):
+        children = [*self.workers, *(r.zygote.pid for r in self.preloads.zygotes.values())]
+        for pid in children:
             process.send_signal(pid, signal.SIGKILL)
-        for record in self.preloads.zygotes.values():
-            process.send_signal(record.zygote.pid, signal.SIGKILL)
-        for pid in [*self.workers, *(r.zygote.pid for r in self.preloads.zygotes.values())]:
+        for pid in children:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self.workers.clear()

@@ -42,7 +42,6 @@ MIRRORED = frozenset({
     ("AppConfig", "pythonpath"), ("AppConfig", "max_surge"), ("AppConfig", "max_unavailable"),
     ("AppConfig", "<model>"), ("AppConfig", "binds[]"),
 })
-RATIO_RE = re.compile(r"^(100|[1-9]?[0-9])%$")  # models.RATIO_RE (a test keeps them equal)
 
 
 class _Refuse(Exception):  # this path cannot vouch for the file: the models decide (and explain) instead
@@ -66,7 +65,7 @@ def _load(data: bytes, path: str) -> LoadedSite:
         raise _Refuse
     base_dir = os.path.dirname(os.path.abspath(path))
     site = _validate(SCHEMA, raw)
-    apps = {name: _app(app, raw["apps"][name], base_dir) for name, app in site["apps"].items()}
+    apps = {name: _app(app, base_dir) for name, app in site["apps"].items()}
     if cross_check(raw, path, base_dir):
         raise _Refuse
     # LoadedSite.from_config only reads attributes: plain namespaces holding the models' values will do.
@@ -204,19 +203,12 @@ def _bind(text: str, base_dir: str) -> str:
     return "unix:" + _resolve(canon[5:], base_dir) if canon.startswith("unix:") else canon
 
 
-def _app(app: dict[str, Any], raw: dict[str, Any], base_dir: str) -> SimpleNamespace:
+def _app(app: dict[str, Any], base_dir: str) -> SimpleNamespace:
+    # Mirrored elsewhere: AppConfig._count_or_ratio by the schema itself (config.schema writes its ranges into
+    # max_surge and max_unavailable), AppConfig._cross_fields by cross_check (_gevent_only, _rolling_stuck).
     app["binds"] = tuple(_bind(b, base_dir) for b in app["binds"])
     app["chdir"] = None if app["chdir"] is None else _resolve(app["chdir"], base_dir)
     app["pythonpath"] = tuple(_resolve(p, base_dir) for p in app["pythonpath"])
-    for key in ("max_surge", "max_unavailable"):
-        v = app[key]
-        if not ((type(v) is int and 0 <= v <= 1024) or (type(v) is str and _matches(v, RATIO_RE.pattern))):
-            raise _Refuse
-    # AppConfig._cross_fields, where model_fields_set is the keys present in the file.
-    if app["worker_class"] != "gevent" and "worker_connections" in raw:
-        raise _Refuse
-    if app["max_surge"] in (0, "0%") and app["max_unavailable"] in (0, "0%"):
-        raise _Refuse
     return SimpleNamespace(**app)
 
 

@@ -106,11 +106,8 @@ def start_validation(site_path: str) -> Validation | Vouched | None:
     data = read_site(path)
     if data is None:
         return None
-    if path.lower().endswith(".toml"):  # else YAML: straight to the child, whose import overlaps the master's
-        loaded = _quick_load(data, path)
-        if loaded is not None:
-            return Vouched(data, loaded)
-    return Validation(data, path)
+    loaded = _quick_load(data, path)
+    return Validation(data, path) if loaded is None else Vouched(data, loaded)
 
 
 def load_site(data: bytes, path: str, timeout: float = TIMEOUT) -> LoadedSite:
@@ -121,8 +118,8 @@ def load_site(data: bytes, path: str, timeout: float = TIMEOUT) -> LoadedSite:
 
 
 def _quick_load(data: bytes, path: str) -> LoadedSite | None:
-    if len(data) > FAST_PATH_MAX_BYTES:
-        return None
+    if len(data) > FAST_PATH_MAX_BYTES or not path.lower().endswith(".toml"):
+        return None  # YAML: not even the fast path's imports before the child is forked
     from forkserve.config.fast import quick_load
 
     return quick_load(data, path)

@@ -89,16 +89,15 @@ def prepare() -> None:
 
 def patch_ssl_if_imported() -> None:
     """Patch ssl if it was imported without our hook seeing it (an app that imported gevent.ssl first)."""
-    if "ssl" in sys.modules and not _ssl_patched():
-        from gevent import monkey
-
-        monkey.patch_ssl()
+    if "ssl" in sys.modules:
+        _patch_ssl_once()
 
 
-def _ssl_patched() -> bool:
+def _patch_ssl_once() -> None:
     from gevent import monkey
 
-    return bool(monkey.is_module_patched("ssl"))
+    if not monkey.is_module_patched("ssl"):
+        monkey.patch_ssl()
 
 
 _ENTRY_POINT = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
@@ -203,10 +202,8 @@ class _PatchAfterExec(importlib.abc.Loader):
         self.loader.exec_module(module)
         # gevent.ssl being imported means gevent is patching ssl already (or the app imported gevent.ssl
         # first: then serve() patches it before the first request)
-        if "gevent.ssl" not in sys.modules and not _ssl_patched():
-            from gevent import monkey
-
-            monkey.patch_ssl()
+        if "gevent.ssl" not in sys.modules:
+            _patch_ssl_once()
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... for tracebacks and inspect
         return getattr(self.loader, name)
