@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _up_parser().parse_args(argv[1:]) if argv[:1] == ["up"] else _parser().parse_args(argv)
     if args.command == "up":
-        from forkserve.config.isolated import start_validation
+        from forkserve.config.validate import start_validation
 
         early = start_validation(args.site)  # the child validates while this process imports the master
         from forkserve.master import run_site

@@ -3,9 +3,8 @@
 The endpoint is the master's own tiny HTTP/1.0 responder, served from the master loop through its selector
 (never by the app workers' listeners, never from a thread). Numbers come from the workers' shared-memory
 slots (`forkserve/channel.py`): a worker counts a request with a memory store, the master reads the slots
-when scraped. Counters never go backwards when workers exit: `Metrics.observe()` runs on every wake-up of
-the master, keeps each worker's slot, and when the worker is gone reads it one last time into the per-app
-totals of exited workers.
+when scraped. Counters never go backwards when workers exit: the master reads an exiting worker's slot one
+last time into per-app totals (`Snapshot.exited`). Everything is rendered from a frozen `Snapshot`.
 
 Text exposition format 0.0.4. Families:
 
@@ -19,6 +18,7 @@ Text exposition format 0.0.4. Families:
     forkserve_reloads_total{result}               counter  applied | invalid | missing (explicit reloads and
                                                            file changes; a file event with the same content
                                                            is not counted)
+    forkserve_loop_errors_total                   counter  master loop steps that raised, logged and survived
     forkserve_site_info{revision,path}            gauge 1
     forkserve_app_info{app,revision}              gauge 1
     forkserve_master_start_time_seconds           gauge
@@ -31,93 +31,54 @@ import selectors
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
-from forkserve.channel import DURATION_BUCKETS, Counters
+from forkserve.channel import DURATION_BUCKETS
 from forkserve.config.binds import parse_bind
 from forkserve.control.loop import LoopConnections
+from forkserve.outcomes import RELOAD_RESULTS, RESTART_CAUSES, ReloadOutcome
+from forkserve.snapshot import Snapshot, Totals
 from forkserve.sockets import Listener, close_listener, open_listener
-from forkserve.status import RESTART_CAUSES, readiness, snapshot, worker_state
+from forkserve.status import readiness, render
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = ("booting", "idle", "busy", "draining", "killed")
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-RELOAD_RESULTS = ("applied", "invalid", "missing")
 MAX_REQUEST = 8192
 IDLE_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
 
 
-@dataclass
-class Totals:
-    by_class: list[int] = field(default_factory=lambda: [0] * 5)
-    duration_us: int = 0
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
-
-    def add(self, c: Counters) -> None:
-        for i, n in enumerate(c.by_status_class):
-            self.by_class[i] += n
-        self.duration_us += c.duration_us
-        for i, n in enumerate(c.buckets):
-            self.buckets[i] += n
-
-
-def reload_result(line: str) -> str:
-    """The result label of a reload from the master's result line."""
-    if line.startswith("site file is back"):
-        return "applied"  # back to the running content after an invalid edit
-    if line.startswith("invalid"):
-        return "invalid"
-    if line.startswith("site file missing"):
-        return "missing"
-    return "applied"
-
-
 class Metrics:
-    """Counts kept on the master's side, and the rendering of the text format."""
+    """Counts kept on the master's side (reloads), and the rendering of the text format from a snapshot."""
 
-    def __init__(self, master: Any) -> None:
-        self.master = master
-        self.seen: dict[int, tuple[str, Any]] = {}  # pid -> (app, MasterEnd): its slot outlives the worker
-        self.exited: dict[str, Totals] = {}
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
         self.reloads: Counter[str] = Counter()
 
-    def observe(self, now: float = 0.0) -> None:
-        workers = self.master.workers
-        for pid in [p for p in self.seen if p not in workers]:
-            app, end = self.seen.pop(pid)
-            self.exited.setdefault(app, Totals()).add(end.counters())
-        for pid, record in workers.items():
-            if pid not in self.seen:
-                self.seen[pid] = (record.view.app, record.end)
-
-    def count_reload(self, line: str) -> None:
-        self.reloads[reload_result(line)] += 1
+    def count_reload(self, outcome: ReloadOutcome) -> None:
+        if outcome.counted:
+            self.reloads[outcome.result_label] += 1
 
     def render(self) -> str:
-        self.observe()
-        master = self.master
-        apps = sorted({*master.desired.apps, *self.exited, *(app for app, _ in self.seen.values())})
-        totals = {app: Totals(list(t.by_class), t.duration_us, list(t.buckets)) for app, t in self.exited.items()}
+        snap = self.snapshot()
+        apps = sorted({*snap.app_names(), *snap.exited})
+        totals = {app: t.copy() for app, t in snap.exited.items()}
         states: dict[str, Counter[str]] = {app: Counter() for app in apps}
         in_flight: Counter[str] = Counter()
         connections: Counter[str] = Counter()
-        for pid, (app, end) in self.seen.items():
-            c = end.counters()
-            totals.setdefault(app, Totals()).add(c)
-            record = master.workers.get(pid)
-            if record is not None:
-                states[app][worker_state(record.view.phase, c.in_flight)] += 1
-                in_flight[app] += c.in_flight
-                connections[app] += c.connections
+        for w in snap.workers:
+            totals.setdefault(w.app, Totals()).add(w.counters)
+            states[w.app][w.state] += 1
+            in_flight[w.app] += w.counters.in_flight
+            connections[w.app] += w.counters.connections
         out = _Writer()
         out.family("forkserve_workers", "gauge", "Worker processes by state.")
         for app in apps:
             for state in STATES:
                 out.sample("forkserve_workers", {"app": app, "state": state}, states[app][state])
         out.family("forkserve_workers_desired", "gauge", "Workers the site file asks for.")
-        for name, spec in sorted(master.desired.apps.items()):
+        for name, spec in sorted(snap.desired.apps.items()):
             out.sample("forkserve_workers_desired", {"app": name}, spec.workers)
         self._requests(out, apps, totals)
         out.family("forkserve_in_flight_requests", "gauge", "Requests being handled right now.")
@@ -126,7 +87,7 @@ class Metrics:
         out.family("forkserve_connections", "gauge", "Open client connections.")
         for app in apps:
             out.sample("forkserve_connections", {"app": app}, connections[app])
-        self._master(out, apps)
+        self._master(out, snap, apps)
         return out.text()
 
     @staticmethod
@@ -146,23 +107,23 @@ class Metrics:
             out.sample("forkserve_request_duration_seconds_sum", {"app": app}, t.duration_us / 1e6)
             out.sample("forkserve_request_duration_seconds_count", {"app": app}, running)
 
-    def _master(self, out: _Writer, apps: list[str]) -> None:
-        master = self.master
+    def _master(self, out: _Writer, snap: Snapshot, apps: list[str]) -> None:
         out.family("forkserve_restarts_total", "counter", "Workers replaced, by cause.")
-        for app in sorted({*apps, *(app for app, _ in master.restarts)}):
+        for app in sorted({*apps, *(app for app, _ in snap.restarts)}):
             for cause in RESTART_CAUSES:
-                out.sample("forkserve_restarts_total", {"app": app, "cause": cause},
-                           master.restarts.get((app, cause), 0))
+                out.sample("forkserve_restarts_total", {"app": app, "cause": cause}, snap.restarts.get((app, cause), 0))
         out.family("forkserve_reloads_total", "counter", "Site file reloads, by result.")
         for result in RELOAD_RESULTS:
             out.sample("forkserve_reloads_total", {"result": result}, self.reloads[result])
+        out.family("forkserve_loop_errors_total", "counter", "Master loop steps that raised (logged, survived).")
+        out.sample("forkserve_loop_errors_total", {}, snap.loop_errors)
         out.family("forkserve_site_info", "gauge", "The site revision applied.")
-        out.sample("forkserve_site_info", {"revision": master.site.revision, "path": master.site.path}, 1)
+        out.sample("forkserve_site_info", {"revision": snap.site.revision, "path": snap.site.path}, 1)
         out.family("forkserve_app_info", "gauge", "The desired revision of each app.")
-        for name, spec in sorted(master.desired.apps.items()):
+        for name, spec in sorted(snap.desired.apps.items()):
             out.sample("forkserve_app_info", {"app": name, "revision": spec.revision}, 1)
         out.family("forkserve_master_start_time_seconds", "gauge", "Start time of the master, Unix seconds.")
-        out.sample("forkserve_master_start_time_seconds", {}, master.started_wall)
+        out.sample("forkserve_master_start_time_seconds", {}, snap.to_wall(snap.started_at))
 
 
 def _le(bound: float) -> str:
@@ -296,7 +257,7 @@ class MetricsServer(LoopConnections):
         if target == "/healthz":  # liveness: the master loop answered
             return _response(200, "ok\n", head=head)
         if target == "/readyz":  # readiness: what `forkserve status --ready` says, for HTTP probes
-            line = readiness(snapshot(self.metrics.master, workers=False))
+            line = readiness(render(self.metrics.snapshot(), workers=False))
             return _response(200 if line == "ready" else 503, line + "\n", head=head)
         return _response(200, self.metrics.render(), head=head, content_type=CONTENT_TYPE)
 

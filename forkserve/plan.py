@@ -28,6 +28,7 @@ import signal
 from dataclasses import dataclass, replace
 
 from forkserve.config.binds import BindAddress
+from forkserve.outcomes import KillReason, RetireReason
 from forkserve.spec import AppSpec, DesiredState
 from forkserve.state import Observed, Phase, WorkerView
 
@@ -47,8 +48,17 @@ class CloseListener:
 
 @dataclass(frozen=True)
 class Spawn:
-    app: str
-    revision: str
+    """Fork a worker of exactly this spec (the desired one, or the proven one while the desired is held back)."""
+
+    spec: AppSpec
+
+    @property
+    def app(self) -> str:
+        return self.spec.name
+
+    @property
+    def revision(self) -> str:
+        return self.spec.revision
 
 
 @dataclass(frozen=True)
@@ -56,14 +66,14 @@ class Retire:
     """Graceful: SIGTERM, the worker finishes in-flight requests; killed at now + graceful_timeout."""
 
     pid: int
-    reason: str  # "scale", "rolled", "recycle", "removed", "stop"
+    reason: RetireReason
 
 
 @dataclass(frozen=True)
 class Kill:
     pid: int
     signal: int
-    reason: str  # "timeout", "boot_timeout", "drain_timeout", "escalate", "fast_stop"
+    reason: KillReason
 
 
 Action = OpenListener | CloseListener | Spawn | Retire | Kill
@@ -81,7 +91,7 @@ def plan(desired: DesiredState, observed: Observed, now: float) -> tuple[Action,
         spec = desired.apps.get(name)
         workers = [w for w in observed.of_app(name) if w.live and w.pid not in gone]
         if spec is None:
-            actions += [Retire(w.pid, "stop" if desired.stopping else "removed") for w in workers]
+            actions += [Retire(w.pid, RetireReason.STOP if desired.stopping else RetireReason.REMOVED) for w in workers]
         else:
             actions += _app(spec, workers, observed, available, now)
     actions += _listeners_to_close(desired, observed)
@@ -118,8 +128,8 @@ def _app(spec: AppSpec, live: list[WorkerView], observed: Observed, available: f
 def _scale(spec: AppSpec, current: list[WorkerView], may_spawn: bool) -> list[Action]:
     missing = spec.workers - len(current)
     if missing > 0:
-        return [Spawn(spec.name, spec.revision)] * missing if may_spawn else []
-    return [Retire(w.pid, "scale") for w in _surplus_first(current)[:-missing]]
+        return [Spawn(spec)] * missing if may_spawn else []
+    return [Retire(w.pid, RetireReason.SCALE) for w in _surplus_first(current)[:-missing]]
 
 
 def _surplus_first(workers: list[WorkerView]) -> list[WorkerView]:
@@ -138,9 +148,9 @@ def _roll(spec: AppSpec, current: list[WorkerView], outdated: list[WorkerView], 
     room = spec.workers + spec.max_surge - len(current) - (len(outdated) - len(leaving))
     wanted = min(spec.workers - len(current), room)
     if may_spawn and wanted > 0:
-        actions += [Spawn(spec.name, spec.revision)] * wanted
+        actions += [Spawn(spec)] * wanted
     if len(current) > spec.workers:  # scaled down while rolling: trim the current revision too
-        actions += [Retire(w.pid, "scale") for w in _surplus_first(current)[: len(current) - spec.workers]]
+        actions += [Retire(w.pid, RetireReason.SCALE) for w in _surplus_first(current)[: len(current) - spec.workers]]
     return actions
 
 
@@ -155,11 +165,12 @@ def _hold(spec: AppSpec, proven: AppSpec, current: list[WorkerView], outdated: l
     mine = [w for w in outdated if w.revision == proven.revision and not w.recycle]
     others = [w for w in outdated if w.revision != proven.revision or w.recycle]
     may_spawn = all(b in available for b in proven.binds)
-    return _roll(target, mine, others, may_spawn) if others else _scale(target, mine, may_spawn)
+    actions = _roll(target, mine, others, may_spawn) if others else _scale(target, mine, may_spawn)
+    return [Spawn(proven) if isinstance(a, Spawn) else a for a in actions]  # the proven spec, not the target
 
 
-def _why(worker: WorkerView) -> str:
-    return "recycle" if worker.recycle else "rolled"
+def _why(worker: WorkerView) -> RetireReason:
+    return RetireReason.RECYCLE if worker.recycle else RetireReason.ROLLED
 
 
 def _stop(observed: Observed, fast: bool, already: set[int]) -> list[Kill]:
@@ -167,7 +178,7 @@ def _stop(observed: Observed, fast: bool, already: set[int]) -> list[Kill]:
     A graceful stop needs nothing here: with no desired apps, every live worker is retired below."""
     if not fast:
         return []
-    return [Kill(w.pid, signal.SIGQUIT, "fast_stop") for w in observed.workers.values()
+    return [Kill(w.pid, signal.SIGQUIT, KillReason.FAST_STOP) for w in observed.workers.values()
             if w.phase is not Phase.KILLED and w.pid not in already]
 
 
@@ -176,15 +187,15 @@ def _liveness(observed: Observed, now: float) -> list[Kill]:
     for w in observed.workers.values():
         if w.phase is Phase.KILLED:
             if w.kill_signal != signal.SIGKILL and now - (w.killed_at or now) >= KILL_GRACE:
-                actions.append(Kill(w.pid, signal.SIGKILL, "escalate"))
+                actions.append(Kill(w.pid, signal.SIGKILL, KillReason.ESCALATE))
         elif w.phase is Phase.DRAINING:
             if w.drain_deadline is not None and now >= w.drain_deadline:
-                actions.append(Kill(w.pid, signal.SIGKILL, "drain_timeout"))
+                actions.append(Kill(w.pid, signal.SIGKILL, KillReason.DRAIN_TIMEOUT))
         elif w.phase is Phase.BOOTING:
             if now - w.started >= w.boot_timeout:
-                actions.append(Kill(w.pid, signal.SIGKILL, "boot_timeout"))
+                actions.append(Kill(w.pid, signal.SIGKILL, KillReason.BOOT_TIMEOUT))
         elif now - w.heartbeat >= w.timeout:
-            actions.append(Kill(w.pid, signal.SIGABRT, "timeout"))
+            actions.append(Kill(w.pid, signal.SIGABRT, KillReason.TIMEOUT))
     return actions
 
 

@@ -10,18 +10,15 @@ their parent is gone), and the master, a child subreaper, reaps them.
 from __future__ import annotations
 
 import logging
-import selectors
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from forkserve import backoff, process
+from forkserve import process
 from forkserve.spec import AppSpec
 
 if TYPE_CHECKING:
     import socket
-
-    from forkserve.master import Master
 
 log = logging.getLogger("forkserve")
 
@@ -39,9 +36,26 @@ class ZygoteRecord:
     killed: bool = False
 
 
+class PreloadHost(Protocol):
+    """What the preload processes need of the master: narrow callbacks, never the master itself."""
+
+    def watch(self, fd: int) -> None: ...
+
+    def unwatch(self, fd: int) -> None: ...
+
+    def worker_exited(self, pid: int, status: int, now: float) -> None: ...
+
+    def boot_failed(self, app: str, revision: str, now: float, error: str) -> None: ...
+
+    def preload_needed(self, app: str, revision: str) -> bool:
+        """Does a desired spec, the proven fallback or a running worker still need this revision's process?"""
+
+    def stopping(self) -> bool: ...
+
+
 class Preloads:
-    def __init__(self, master: Master) -> None:
-        self.master = master
+    def __init__(self, host: PreloadHost) -> None:
+        self.host = host
         self.zygotes: dict[tuple[str, str], ZygoteRecord] = {}
 
     def spawn(self, spec: AppSpec, sockets: list[socket.socket], now: float) -> process.Spawned | None:
@@ -65,7 +79,7 @@ class Preloads:
             process.send_signal(record.zygote.pid, signal.SIGKILL)
             return None
         for pid, status in exits:
-            self.master.worker_exited(pid, status, now)
+            self.host.worker_exited(pid, status, now)
         return spawned
 
     def _start(self, spec: AppSpec, sockets: list[socket.socket], now: float) -> None:
@@ -73,12 +87,12 @@ class Preloads:
         try:
             zygote = process.spawn_zygote(spec, sockets)
         except OSError as exc:
-            self.master.backoff[key] = backoff.after_failure(self.master.backoff.get(key), now, f"fork: {exc}")
+            self.host.boot_failed(spec.name, spec.revision, now, f"fork: {exc}")
             log.error("app %s: cannot fork the preload process: %s", spec.name, exc)
             return
         self.zygotes[key] = ZygoteRecord(zygote, spec, now)
         for fd in (zygote.end.read_fd, zygote.control.fileno()):
-            self.master.selector.register(fd, selectors.EVENT_READ, lambda: None)
+            self.host.watch(fd)
         log.info("app %s: preload process %d importing revision %s", spec.name, zygote.pid, spec.revision)
 
     def tick(self, now: float) -> None:
@@ -89,18 +103,9 @@ class Preloads:
                 record.killed = True
                 log.error("app %s: preload process not ready in %.0fs; killing it", key[0], record.spec.boot_timeout)
                 process.send_signal(record.zygote.pid, signal.SIGKILL)
-            if not record.retiring and not self._needed(key):
+            if not record.retiring and not self.host.preload_needed(*key):
                 record.retiring = True
                 process.send_signal(record.zygote.pid, signal.SIGTERM)
-
-    def _needed(self, key: tuple[str, str]) -> bool:
-        spec = self.master.desired.apps.get(key[0])
-        if spec is not None and spec.preload and spec.revision == key[1]:
-            return True
-        proven = self.master.proven.get(key[0])
-        if spec is not None and proven is not None and proven.preload and proven.revision == key[1]:
-            return True  # the plan may spawn from it while the desired revision cannot boot
-        return any((r.view.app, r.view.revision) == key for r in self.master.workers.values())
 
     def _read(self, record: ZygoteRecord, now: float) -> None:
         zygote = record.zygote
@@ -114,11 +119,11 @@ class Preloads:
                 elif event.get("event") == "boot_error":
                     record.boot_error = str(event.get("text", ""))
             if closed:
-                self.master.selector.unregister(zygote.end.read_fd)
+                self.host.unwatch(zygote.end.read_fd)
                 zygote.end.close()
         messages, _closed = process.read_zygote_messages(zygote)
         for pid, status in process.parse_exits(messages):
-            self.master.worker_exited(pid, status, now)
+            self.host.worker_exited(pid, status, now)
 
     def reaped(self, pid: int, status: int, now: float) -> bool:
         """The master reaped `pid`: True when it was a zygote (now forgotten)."""
@@ -131,22 +136,25 @@ class Preloads:
         how = process.describe_exit(status)
         if not record.ready:
             error = record.boot_error.strip() or f"preload process exited during boot ({how})"
-            self.master.backoff[key] = backoff.after_failure(self.master.backoff.get(key), now, error)
+            self.host.boot_failed(key[0], key[1], now, error)
             log.error("app %s (revision %s): preload process %d failed to boot (%s):\n%s", key[0], key[1], pid,
                       how, "\n".join("    " + line for line in error.splitlines()))
-        elif not record.retiring and not self.master.desired.stopping:
+        elif not record.retiring and not self.host.stopping():
             log.warning("app %s: preload process %d died (%s); its workers exit and are replaced", key[0], pid, how)
         return True
 
     def _forget(self, record: ZygoteRecord) -> None:
         zygote = record.zygote
         if zygote.end.read_fd >= 0:
-            self.master.selector.unregister(zygote.end.read_fd)
+            self.host.unwatch(zygote.end.read_fd)
             zygote.end.close()
         if zygote.control.fileno() >= 0:
-            self.master.selector.unregister(zygote.control.fileno())
+            self.host.unwatch(zygote.control.fileno())
             zygote.control.close()
 
     def close(self) -> None:
         for record in self.zygotes.values():
             process.send_signal(record.zygote.pid, signal.SIGTERM)
+
+    def pids(self) -> list[int]:
+        return [record.zygote.pid for record in self.zygotes.values()]

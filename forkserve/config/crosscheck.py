@@ -2,21 +2,19 @@
 the control socket, gevent-only keys on a sync app.
 
 They run on the raw data (not the validated model), so they are reported in the same run as every other
-problem even when some app is invalid; each finding names the key it belongs to. Pure apart from reading the
-environment for the default control socket path.
+problem even when some app is invalid; each finding names the key it belongs to. Pure: the environment (for the
+default control socket path) is an argument, `config.paths.Env`, read from the process by the loader.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from forkserve.config.binds import BindAddress, binds_overlap, parse_bind
-from forkserve.config.paths import default_control_socket
-
-if TYPE_CHECKING:  # the fast path runs these checks in the master on start-up: no parser module for a type name
-    from forkserve.config.source import KeyPath
+from forkserve.config.paths import Env, default_control_socket
+from forkserve.config.source_types import KeyPath, format_path
 
 GEVENT_ONLY = ("worker_connections",)
 
@@ -44,17 +42,17 @@ def _binds(data: dict[str, Any], base_dir: str) -> Iterator[tuple[KeyPath, str, 
             yield ("apps", name, "binds", index), text, bind
 
 
-def _control_socket(data: dict[str, Any], site_path: str, base_dir: str) -> str:
+def _control_socket(data: dict[str, Any], site_path: str, base_dir: str, env: Env) -> str:
     server = data.get("server")
     value = server.get("control_socket") if isinstance(server, dict) else None
     if isinstance(value, str) and value:
         return _resolve(value, base_dir)
-    return default_control_socket(site_path)
+    return default_control_socket(site_path, env)
 
 
 def _overlap_group(bind: BindAddress) -> tuple[str, object] | None:
     """Binds can only overlap within one group (same path, fd or port; port 0 overlaps nothing): comparing
-    within groups keeps a site with thousands of binds linear, not quadratic (the fast path runs in the master)."""
+    within groups keeps a site with thousands of binds linear, not quadratic."""
     if bind.kind == "unix":
         return ("unix", bind.path)
     if bind.kind == "fd":
@@ -71,8 +69,6 @@ def _shared_binds(data: dict[str, Any], base_dir: str) -> Iterator[tuple[KeyPath
         group = seen.setdefault(key, [])
         for other_path, other_text, other in group:
             if binds_overlap(bind, other):
-                from forkserve.config.source import format_path  # only to word a finding
-
                 owner = "this app" if other_path[1] == path[1] else f"app `{other_path[1]}`"
                 what = "is the same socket as" if bind == other else "overlaps"
                 yield path, (f'"{text}" {what} "{other_text}" of {owner} ({format_path(other_path)}); '
@@ -81,8 +77,8 @@ def _shared_binds(data: dict[str, Any], base_dir: str) -> Iterator[tuple[KeyPath
         group.append((path, text, bind))
 
 
-def _control_clash(data: dict[str, Any], site_path: str, base_dir: str) -> Iterator[tuple[KeyPath, str]]:
-    control = _control_socket(data, site_path, base_dir)
+def _control_clash(data: dict[str, Any], site_path: str, base_dir: str, env: Env) -> Iterator[tuple[KeyPath, str]]:
+    control = _control_socket(data, site_path, base_dir, env)
     for path, text, bind in _binds(data, base_dir):
         if bind.kind == "unix" and bind.path == control:
             yield path, f'"{text}" is the control socket of this site ({control}); choose another path'
@@ -113,13 +109,13 @@ def _rolling_stuck(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
                                         "never proceed")
 
 
-def cross_check(data: Any, site_path: str, base_dir: str) -> list[tuple[KeyPath, str]]:
-    """Every site-wide problem as (key path, message)."""
+def cross_check(data: Any, site_path: str, base_dir: str, env: Env) -> list[tuple[KeyPath, str]]:
+    """Every site-wide problem as (key path, message). `env`: where the default control socket is."""
     if not isinstance(data, dict):
         return []
     return [
         *_shared_binds(data, base_dir),
-        *_control_clash(data, site_path, base_dir),
+        *_control_clash(data, site_path, base_dir, env),
         *_gevent_only(data),
         *_rolling_stuck(data),
     ]

@@ -1,16 +1,19 @@
-"""The one place a site file is read: path -> SiteConfig, or ConfigError with every problem, located.
+"""The one place a site file is validated: path -> SiteConfig, or ConfigError with every problem, located.
 
-Steps, each of which may stop with one whole-file problem: read at most 1 MiB of a regular file, decode UTF-8,
+Steps, each of which may stop with one whole-file problem: read at most 1 MiB of a regular file (the one reader,
+`config.sitefile`, here with its failures worded as diagnostics), decode UTF-8,
 parse by extension (`config.source`), check the top level is a mapping. Then every remaining problem is
 collected in one pass: refusals from the source reader, site-wide cross checks (binds shared by apps, unix
 paths, the control socket) on the raw data, and the models' own errors translated into plain words
 (`config.messages`). No code named in the file is imported or executed here.
+
+The environment the rules depend on (where the default control socket is) comes in as a `config.paths.Env`;
+callers that pass none get the process's, read here at the boundary, once per file.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,56 +22,42 @@ from forkserve.config.crosscheck import cross_check
 from forkserve.config.errors import ConfigError, Diagnostic
 from forkserve.config.messages import translate_errors
 from forkserve.config.models import SiteConfig
+from forkserve.config.paths import Env
+from forkserve.config.sitefile import MAX_SITE_BYTES, NotARegularFile, read_bytes
 from forkserve.config.source import KeyPath, Source, SourceError, format_path, locate, parse
 
-MAX_BYTES = 1024 * 1024
+MAX_BYTES = MAX_SITE_BYTES
 EXTENSIONS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
 
-__all__ = ["MAX_BYTES", "ConfigError", "Diagnostic", "load", "load_text"]
+__all__ = ["MAX_BYTES", "ConfigError", "Diagnostic", "Env", "load", "load_text", "read_site_file"]
 
 
 def _whole_file(path: str, message: str, line: int | None = None, col: int | None = None) -> ConfigError:
     return ConfigError([Diagnostic(path, line, col, "", message)])
 
 
-def load(path: str | os.PathLike[str]) -> SiteConfig:
+def load(path: str | os.PathLike[str], env: Env | None = None) -> SiteConfig:
     """Read and validate one site file. Raises ConfigError (and nothing else) for any bad input."""
     name = os.fspath(path)
-    return load_text(read_site_file(name), name)
+    return load_text(read_site_file(name), name, env)
 
 
 def read_site_file(name: str) -> bytes:
-    """The bytes of a regular file of at most MAX_BYTES (+1 to detect larger), without blocking on a FIFO."""
+    """The bytes of a regular file of at most MAX_BYTES (+1 to detect larger), without blocking on a FIFO;
+    ConfigError (io_error for a file that cannot be opened or read) otherwise."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_bytes(name)
+    except NotARegularFile as exc:
+        raise _whole_file(name, str(exc)) from None
     except OSError as exc:
         problem = Diagnostic(name, None, None, "", f"cannot read the file: {exc.strerror or exc}")
         raise ConfigError([problem], io_error=True) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
-            raise _whole_file(name, f"not a regular file: it is {kind}")
-        chunks = []
-        remaining = MAX_BYTES + 1
-        while remaining > 0:
-            chunk = os.read(fd, remaining)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        problem = Diagnostic(name, None, None, "", f"cannot read the file: {exc.strerror or exc}")
-        raise ConfigError([problem], io_error=True) from None
-    finally:
-        os.close(fd)
 
 
-def load_text(text: bytes, path: str) -> SiteConfig:
+def load_text(text: bytes, path: str, env: Env | None = None) -> SiteConfig:
     """Validate bytes already read from `path` (the name picks the format and the base of relative paths)."""
     try:
-        return _load_text(text, path)
+        return _load_text(text, path, env or Env.from_os())
     except ConfigError:
         raise
     except RecursionError:
@@ -77,14 +66,14 @@ def load_text(text: bytes, path: str) -> SiteConfig:
         raise _whole_file(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
 
 
-def _load_text(text: bytes, path: str) -> SiteConfig:
+def _load_text(text: bytes, path: str, env: Env) -> SiteConfig:
     fmt = _format_of(path)
     source = _parse(_decode(text, path), fmt, path)
     base_dir = os.path.dirname(os.path.abspath(path))
     found: list[tuple[KeyPath, str, tuple[int, int | None] | None]] = [
         (p.path, p.message, (p.line, p.col) if p.line else None) for p in source.problems
     ]
-    found += [(key, message, None) for key, message in cross_check(source.data, path, base_dir)]
+    found += [(key, message, None) for key, message in cross_check(source.data, path, base_dir, env)]
     model: SiteConfig | None = None
     try:
         model = SiteConfig.model_validate(source.data, context={"base_dir": base_dir})

@@ -1,4 +1,11 @@
-"""Where a site's private files live by default. Reads the environment (XDG_RUNTIME_DIR, the uid); no I/O."""
+"""Where a site's private files live by default, and the environment that decides it, as an explicit value.
+
+`Env` holds every environment value the loader reads (XDG_RUNTIME_DIR and the uid, for the default control
+socket). It is taken from the process once, by `Env.from_os()`, at the loader's boundary (`config.load`,
+`config.validate`) and passed down: the cross checks stay pure functions of their arguments, and the cache of
+validated results (`config.cache`) can put the environment in its key, so a result computed for one runtime
+dir is never reused for another.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,44 @@ import hashlib
 import os
 
 
+class Env:
+    """The environment a site file is validated in. A plain value: equal when its fields are equal."""
+
+    __slots__ = ("runtime_dir", "uid")
+
+    def __init__(self, runtime_dir: str | None, uid: int) -> None:
+        self.runtime_dir = runtime_dir or None  # an empty XDG_RUNTIME_DIR is no runtime dir
+        self.uid = uid
+
+    @classmethod
+    def from_os(cls) -> Env:
+        """The one place the loader's environment is read."""
+        return cls(os.environ.get("XDG_RUNTIME_DIR"), os.getuid())
+
+    def key(self) -> tuple[str | None, int]:
+        return (self.runtime_dir, self.uid)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Env) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def __repr__(self) -> str:
+        return f"Env(runtime_dir={self.runtime_dir!r}, uid={self.uid})"
+
+
 def site_key(site_path: str) -> str:
     """A short stable name per site file, so two sites on one machine never share a control socket."""
     return hashlib.sha256(os.path.abspath(site_path).encode()).hexdigest()[:16]
 
 
-def default_control_socket(site_path: str) -> str:
+def default_control_socket(site_path: str, env: Env | None = None) -> str:
     """`$XDG_RUNTIME_DIR/forkserve/<key>.sock`, or `/tmp/forkserve-<uid>/<key>.sock` without XDG_RUNTIME_DIR.
 
     Both directories are private to the user (the runtime dir by its spec; the master creates the /tmp one 0700).
+    `env`: the loader passes its own; other callers (the master, the client) get the process's.
     """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = os.path.join(runtime, "forkserve") if runtime else f"/tmp/forkserve-{os.getuid()}"
+    env = env or Env.from_os()
+    base = os.path.join(env.runtime_dir, "forkserve") if env.runtime_dir else f"/tmp/forkserve-{env.uid}"
     return os.path.join(base, f"{site_key(site_path)}.sock")

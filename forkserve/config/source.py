@@ -12,7 +12,8 @@ A site file must be exact, so:
   converted.
 
 A refused value is kept as its raw text in `data` and reported in `Source.problems`; the loader does not report
-the same path again.
+the same path again. The types both readers produce live in `source_types` (re-exported here), so that
+`source_yaml` does not import this module back.
 """
 
 from __future__ import annotations
@@ -21,58 +22,17 @@ import bisect
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
+
+from forkserve.config.source_types import KeyPath, Position, Problem, Source, SourceError, format_path
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-KeyPath = tuple[str | int, ...]
-Position = tuple[int, int]  # 1-based line and column
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong in the text itself (as opposed to a value the models reject)."""
-
-    path: KeyPath
-    line: int | None
-    col: int | None
-    message: str
-
-
-@dataclass(frozen=True)
-class Source:
-    data: Any
-    positions: dict[KeyPath, Position] = field(default_factory=dict)
-    problems: tuple[Problem, ...] = ()
-
-
-class SourceError(Exception):
-    """The text cannot be read as the format at all (a syntax error): one located problem."""
-
-    def __init__(self, message: str, line: int | None = None, col: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.line = line
-        self.col = col
-
-
-_BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def format_path(path: KeyPath) -> str:
-    """`("apps", "api", "binds", 1)` -> `apps.api.binds[1]`; odd keys are quoted as TOML would."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            continue
-        text = part if _BARE_KEY_RE.match(part) else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        out += f".{text}" if out else text
-    return out
+__all__ = ["KeyPath", "Position", "Problem", "Source", "SourceError", "format_path", "iter_paths", "locate", "parse",
+           "parse_toml"]
 
 
 def locate(positions: dict[KeyPath, Position], path: KeyPath) -> Position | None:

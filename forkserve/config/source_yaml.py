@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from forkserve.config.source import KeyPath, Position, Problem, Source, SourceError
+from forkserve.config.source_types import KeyPath, Position, Problem, Source, SourceError
 
 
 class _StrictComposer(yaml.SafeLoader):

@@ -31,6 +31,7 @@ from forkserve.config.paths import default_control_socket
 from forkserve.control import protocol
 from forkserve.control.planning import invalid_report, plan_report
 from forkserve.control.protocol import Request
+from forkserve.outcomes import ReloadOutcome
 from forkserve.spec import DesiredState, LoadedSite
 from forkserve.state import Observed
 from forkserve.status import readiness
@@ -106,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
         if command == "status":
             return _status(path, args)
         if command == "reload":
-            result = call(path, Request("reload"))["result"]
-            print(result)
-            return CHANGED if result.startswith(("invalid", "site file missing")) else OK
+            reply = call(path, Request("reload"))
+            print(reply["result"])
+            return CHANGED if ReloadOutcome.from_wire(reply).failed else OK
         if command == "stop":
             result = call(path, Request("stop", fast=bool(args.fast)))
             print(f"master stopping ({'fast' if result.get('fast') else 'graceful'})")

@@ -2,6 +2,8 @@
 
 Each server keeps its connections by fd, registered in the master's selector; a connection idle for
 `idle_timeout` seconds is dropped on the next tick, so a slow or silent client never holds anything for long.
+A connection whose reply is still owed (`waiting`: a reload or plan whose file validates in a child) is not idle:
+it waits at most for the validation's own deadline.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class LoopConnections:
 
     def tick(self, now: float) -> None:
         for connection in list(self.connections.values()):
-            if now - connection.last > self.idle_timeout:
+            if now - connection.last > self.idle_timeout and not getattr(connection, "waiting", False):
                 self.forget(connection)
 
     def forget_all(self) -> None:

@@ -1,124 +1,149 @@
-"""The master's control plane: control socket, metrics endpoint and sd_notify, wired into the master loop.
+"""The master's control plane: control socket, metrics endpoint and sd_notify, driven by the master loop.
 
-`attach(master)` is called once from `Master.start()`; `ControlPlane.close()` from `Master.shutdown()`.
-Commands run right away inside the loop (they are quick: a reload only reads and validates the file, the
-reconcile that follows happens on the loop's next pass). The command table is fixed.
+`attach(commands, server, site_path, selector, inherited_fds)` is called once from `Master.start()`;
+`ControlPlane.close()` from `Master.shutdown()`. The plane never sees the master: it gets a `Commands`
+interface (a frozen `snapshot()`, `reload`, `request_stop`, `plan_file`) and is told about reloads
+(`before_reload`, `after_reload`) and wake-ups (`tick`). Commands never block the loop: a reload or a plan whose
+file validates in a child answers when the child does. The command table is fixed.
 """
 
 from __future__ import annotations
 
 import logging
+import selectors
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 from forkserve import status
 from forkserve.config.errors import ConfigError
-from forkserve.config.isolated import load_site
 from forkserve.config.paths import default_control_socket
 from forkserve.control.planning import invalid_report, plan_report
 from forkserve.control.protocol import Request
-from forkserve.control.server import ControlServer
+from forkserve.control.server import ControlServer, Reply
 from forkserve.metrics import Metrics, MetricsServer
 from forkserve.notify import Notifier
+from forkserve.outcomes import ReloadOutcome
+from forkserve.snapshot import Snapshot
+from forkserve.spec import LoadedSite, ServerSettings
+from forkserve.state import Observed
 
 log = logging.getLogger("forkserve")
 
 
-def control_socket_path(master: Any) -> str:
-    server = master.site.server
-    return (server.control_socket if server else None) or default_control_socket(master.site.path)
+class Commands(Protocol):
+    """What the control plane may ask of the master."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def observed(self) -> Observed: ...
+
+    def reload(self, respond: Callable[[ReloadOutcome], None] | None = None) -> None: ...
+
+    def request_stop(self, fast: bool) -> None: ...
+
+    def plan_file(self, text: bytes, path: str, respond: Callable[[LoadedSite | ConfigError], None]) -> bool: ...
+
+    @property
+    def server_settings(self) -> ServerSettings | None: ...
+
+
+def control_socket_path(server: ServerSettings | None, site_path: str) -> str:
+    return (server.control_socket if server else None) or default_control_socket(site_path)
 
 
 class ControlPlane:
-    def __init__(self, master: Any) -> None:
-        self.master = master
+    def __init__(self, commands: Commands, server: ServerSettings, site_path: str,
+                 selector: selectors.BaseSelector, inherited_fds: list[int]) -> None:
+        self.commands = commands
+        self.settings = server
+        self.selector = selector
+        self.inherited_fds = inherited_fds
         self.notifier = Notifier()
-        self.metrics = Metrics(master)
+        self.metrics = Metrics(commands.snapshot)
         self.announced_ready = False
         self.announced_stopping = False
-        self.commands: dict[str, Callable[[Request], dict[str, Any]]] = {
+        self.table: dict[str, Callable[[Request, Reply], None]] = {
             "status": self._status,
             "reload": self._reload,
             "stop": self._stop,
             "plan": self._plan,
         }
-        self.server = ControlServer(control_socket_path(master), self._dispatch, master.selector)
+        self.server = ControlServer(control_socket_path(server, site_path), self._dispatch, selector)
         self.metrics_server: MetricsServer | None = None
+
+    @property
+    def socket_path(self) -> str:
+        return self.server.path
 
     def open(self) -> None:
         self.server.open()
-        address = self.master.site.server.metrics
-        if address:
-            self.metrics_server = MetricsServer(address, self.metrics, self.master.selector,
-                                                self.master.inherited_fds)
+        if self.settings.metrics:
+            self.metrics_server = MetricsServer(self.settings.metrics, self.metrics, self.selector,
+                                                self.inherited_fds)
             log.info("metrics on http://%s/metrics", self.metrics_server.address.removeprefix("tcp://"))
         log.info("control socket %s", self.server.path)
-        self.master.before_reload.append(self._before_reload)
-        self.master.after_reload.append(self._after_reload)
-        self.master.on_loop.append(self.on_loop)
 
-    def _before_reload(self, explicit: bool) -> None:
+    def before_reload(self, explicit: bool) -> None:
         if explicit:  # SIGHUP, `forkserve reload`, `systemctl reload`: what systemd waits for
             self.notifier.reloading()
 
-    def _after_reload(self, explicit: bool, result: str) -> None:
+    def after_reload(self, explicit: bool, outcome: ReloadOutcome) -> None:
         """Count reloads by result and tell systemd the reload is over (RELOADING=1 ... READY=1)."""
-        if result != "unchanged":  # a file event with the same content is not a reload
-            self.metrics.count_reload(result)
+        self.metrics.count_reload(outcome)
         if explicit:
-            self.notifier.ready(f"reload: {result}")
+            self.notifier.ready(f"reload: {outcome.line()}")
 
     # ---- commands: a fixed table ---------------------------------------------------------------------------
 
-    def _dispatch(self, request: Request) -> dict[str, Any]:
-        return self.commands[request.command](request)
+    def _dispatch(self, request: Request, respond: Reply) -> None:
+        self.table[request.command](request, respond)
 
-    def _status(self, _request: Request) -> dict[str, Any]:
-        return status.snapshot(self.master)
+    def _status(self, _request: Request, respond: Reply) -> None:
+        respond(status.render(self.commands.snapshot()))
 
-    def _reload(self, _request: Request) -> dict[str, Any]:
-        return {"result": self.master.reload(explicit=True)}
+    def _reload(self, _request: Request, respond: Reply) -> None:
+        self.commands.reload(lambda outcome: respond(outcome.to_wire()))
 
-    def _stop(self, request: Request) -> dict[str, Any]:
-        self.master.request_stop(request.fast)
-        return {"stopping": True, "fast": request.fast}
+    def _stop(self, request: Request, respond: Reply) -> None:
+        self.commands.request_stop(request.fast)
+        respond({"stopping": True, "fast": request.fast})
 
-    def _plan(self, request: Request) -> dict[str, Any]:
-        master = self.master
-        try:
-            loaded = load_site(request.text.encode(), request.path)
-        except ConfigError as exc:
-            return invalid_report(request.path, [d.format() for d in exc.diagnostics], master.site.revision)
-        return plan_report(request.path, loaded, master.desired, master.site.server, master.observed(),
-                           time.monotonic())
+    def _plan(self, request: Request, respond: Reply) -> None:
+        def validated(result: LoadedSite | ConfigError) -> None:
+            snap = self.commands.snapshot()
+            if isinstance(result, ConfigError):
+                respond(invalid_report(request.path, [d.format() for d in result.diagnostics], snap.site.revision))
+            else:
+                respond(plan_report(request.path, result, snap.desired, self.commands.server_settings,
+                                    self.commands.observed(), time.monotonic()))
+
+        if not self.commands.plan_file(request.text.encode(), request.path, validated):
+            raise RuntimeError("too many site files are being validated right now; try again")
 
     # ---- every wake-up ---------------------------------------------------------------------------------------
 
-    def on_loop(self, now: float) -> None:
+    def tick(self, now: float) -> None:
         self.server.tick(now)
-        self.metrics.observe(now)
         if self.metrics_server is not None:
             self.metrics_server.tick(now)
         if not self.notifier.enabled:
             return
         self.notifier.watchdog(now)  # from the loop itself: it proves the loop turns
-        master = self.master
-        if master.desired.stopping:
+        snap = self.commands.snapshot()
+        if snap.stopping:
             if not self.announced_stopping:
                 self.announced_stopping = True
                 self.notifier.stopping()
             return
-        snap = status.snapshot(master, now, workers=False)
-        line = "; ".join(f"{a['name']} {a['ready']}/{a['desired']} ready ({a['state']})" for a in snap["apps"])
-        if not self.announced_ready and all(a["state"] == "running" for a in snap["apps"] if a["in_site"]):
+        doc = status.render(snap, workers=False)
+        line = "; ".join(f"{a['name']} {a['ready']}/{a['desired']} ready ({a['state']})" for a in doc["apps"])
+        if not self.announced_ready and all(a["state"] == "running" for a in doc["apps"] if a["in_site"]):
             self.announced_ready = True
             self.notifier.ready(line)
         self.notifier.status(line)
 
     def close(self) -> None:
-        if self.on_loop in self.master.on_loop:
-            self.master.on_loop.remove(self.on_loop)
         if self.notifier.enabled and not self.announced_stopping:
             self.notifier.stopping()
         self.server.close()
@@ -127,11 +152,13 @@ class ControlPlane:
         self.notifier.close()
 
 
-def attach(master: Any) -> ControlPlane:
-    plane = ControlPlane(master)
+def attach(commands: Commands, server: ServerSettings, site_path: str, selector: selectors.BaseSelector,
+           inherited_fds: list[int]) -> ControlPlane:
+    plane = ControlPlane(commands, server, site_path, selector, inherited_fds)
     try:
         plane.open()
     except BaseException:
         plane.close()
         raise
     return plane
+

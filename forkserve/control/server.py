@@ -41,7 +41,10 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 log = logging.getLogger("forkserve")
 
-Dispatch = Callable[[Request], dict[str, Any]]
+Reply = Callable[[dict[str, Any]], None]
+# A command gets the request and a `respond` callable; it calls `respond(result)` once, at once or later (a
+# reload or a plan waiting for a validating child), so no command ever blocks the loop.
+Dispatch = Callable[[Request, Reply], None]
 
 
 class ControlSocketError(Exception):
@@ -86,6 +89,8 @@ class _Connection:
         self.eof = False
         self.shut = False
         self.registered_events = selectors.EVENT_READ
+        self.waiting = False  # a reply is owed: later requests wait in `queued`, answered in order
+        self.queued: list[dict[str, Any]] = []
 
     def on_event(self) -> None:
         self.last = time.monotonic()
@@ -116,7 +121,23 @@ class _Connection:
                 self.closing = True
                 continue
             for message in messages:
-                self.reply(self.server.handle(message))
+                self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if self.waiting:
+            self.queued.append(message)
+            return
+        self.waiting = True
+        self.server.handle(message, self._answer)
+
+    def _answer(self, message: dict[str, Any]) -> None:
+        if self.sock.fileno() < 0:
+            return  # the client went away while its command ran
+        self.waiting = False
+        self.reply(message)
+        while self.queued and not self.waiting:
+            self._handle(self.queued.pop(0))
+        self._flush()
 
     def reply(self, message: dict[str, Any]) -> None:
         try:
@@ -215,16 +236,25 @@ class ControlServer(LoopConnections):
                 connection.closing = True  # its requests are read and dropped, never handled
                 connection.on_event()
 
-    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, message: dict[str, Any], respond: Reply) -> None:
         try:
             request = protocol.parse_request(message)
         except ProtocolError as exc:
-            return protocol.error(str(exc))
+            respond(protocol.error(str(exc)))
+            return
+        answered = False
+
+        def ok(result: dict[str, Any]) -> None:
+            nonlocal answered
+            answered = True
+            respond(protocol.ok(result))
+
         try:
-            return protocol.ok(self.dispatch(request))
+            self.dispatch(request, ok)
         except Exception as exc:  # a bug in a command must not take the master down
             log.exception("control command %s failed", request.command)
-            return protocol.error(f"{request.command} failed in the master: {exc}")
+            if not answered:
+                respond(protocol.error(f"{request.command} failed in the master: {exc}"))
 
     def close(self) -> None:
         self.forget_all()

@@ -161,3 +161,19 @@ def test_good_sites_in_both_formats_are_equal(tmp_path: Path) -> None:
     yaml = load_text(YAML_BASE.format(extra="    workers: 3").encode(), str(tmp_path / "x.yml"))
     assert toml == yaml
     assert toml.apps["api"].workers == 3
+
+
+def test_the_cross_checks_read_the_environment_only_from_their_argument(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forkserve.config.crosscheck import cross_check
+    from forkserve.config.paths import Env, default_control_socket
+
+    site = str(tmp_path / "site.toml")
+    env = Env(str(tmp_path / "given"), 4242)
+    data = {"apps": {"a": {"module": "a:b", "binds": [f"unix:{default_control_socket(site, env)}"]}}}
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "process"))
+    [(key, message)] = cross_check(data, site, str(tmp_path), env)
+    assert key == ("apps", "a", "binds", 0) and "is the control socket" in message
+    assert cross_check(data, site, str(tmp_path), Env(None, 4242)) == []
+    assert default_control_socket(site, Env(None, 4242)).startswith("/tmp/forkserve-4242/")

@@ -1,7 +1,8 @@
-"""A real `Master` object that never starts: its state is set by hand (no fork, no sockets)."""
+"""A real `Master` object that never starts: its records are set by hand (no fork, no sockets)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import textwrap
 from collections.abc import Callable, Iterator
@@ -11,9 +12,10 @@ import pytest
 
 from forkserve import channel
 from forkserve.config.load import load_text
-from forkserve.master import Master, WorkerRecord
+from forkserve.master import Master
+from forkserve.snapshot import Snapshot
 from forkserve.spec import LoadedSite
-from forkserve.state import Phase, WorkerView
+from forkserve.state import Phase
 from tests.integration.conftest import site_factory  # noqa: F401 - the real-master fixture, reused
 
 SITE = """
@@ -45,16 +47,23 @@ class FakeMaster(Master):
         master_end, worker_end, region = channel.create()
         os.close(worker_end.write_fd)
         self.regions.append(region)
-        pid = pid or (max(self.workers, default=100000) + 1)
-        view = WorkerView(pid=pid, app=app, revision=revision or spec.revision, binds=frozenset(spec.binds),
-                          phase=phase, started=started, heartbeat=started, timeout=spec.timeout,
-                          boot_timeout=spec.boot_timeout, ready_at=started if phase is Phase.READY else None)
-        self.workers[pid] = WorkerRecord(view, master_end, spec)
+        pid = pid or (max(self.records.workers, default=100000) + 1)
+        self.records.add_worker(pid, master_end, dataclasses.replace(spec, revision=revision or spec.revision),
+                                started)
+        if phase is Phase.READY:
+            self.records.update(pid, phase=phase, ready_at=started)
+        else:
+            self.records.update(pid, phase=phase)
         return worker_end
 
+    def snap(self, now: float | None = None, wall: float | None = None) -> Snapshot:
+        """The master's snapshot, taken at a chosen moment."""
+        snap = self.snapshot()
+        return dataclasses.replace(snap, now=snap.now if now is None else now,
+                                   wall=snap.wall if wall is None else wall)
+
     def close(self) -> None:
-        for record in self.workers.values():
-            record.end.close()
+        self.records.close_ends()
         self.selector.close()
         os.close(self.wake_r)
         os.close(self.wake_w)

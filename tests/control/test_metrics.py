@@ -9,6 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forkserve.channel import STATUS_BASE
 from forkserve.metrics import Metrics, MetricsServer
+from forkserve.outcomes import ReloadKind, ReloadOutcome
+from forkserve.state import Phase
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -25,15 +27,16 @@ def value(text: str, name: str, **labels: str) -> float:
 
 def test_render_parses_and_survives_worker_exit(fake_master) -> None:
     m = fake_master()
-    metrics = Metrics(m)
+    metrics = Metrics(m.snapshot)
     end = m.add_worker("web")
     m.add_worker("api")
     end.record(200, 0.003)
     end.record(200, 0.3)
     end.record(503, 20.0)
-    m.restarts[("web", "crash")] += 1
-    metrics.count_reload("site revision abc applied: no changes")
-    metrics.count_reload("invalid: 2 problem(s); still running revision abc")
+    m.records.restarts[("web", "crash")] += 1
+    metrics.count_reload(ReloadOutcome(ReloadKind.APPLIED, "abc", "no changes"))
+    metrics.count_reload(ReloadOutcome(ReloadKind.INVALID, "abc", problems=2))
+    metrics.count_reload(ReloadOutcome(ReloadKind.UNCHANGED, "abc"))  # a file event, same content: not counted
     text = metrics.render()
     assert value(text, "forkserve_requests_total", app="web", status_class="2xx") == 2
     assert value(text, "forkserve_requests_total", app="web", status_class="5xx") == 1
@@ -47,10 +50,10 @@ def test_render_parses_and_survives_worker_exit(fake_master) -> None:
     assert value(text, "forkserve_reloads_total", result="applied") == 1
     assert value(text, "forkserve_reloads_total", result="invalid") == 1
     assert value(text, "forkserve_app_info", app="web", revision=m.desired.apps["web"].revision) == 1
-    metrics.observe()
-    pid = next(p for p, r in m.workers.items() if r.view.app == "web")
+    pid = next(p for p, r in m.records.workers.items() if r.view.app == "web")
     end.record(404, 0.01)  # served just before it exited: still counted
-    m.workers.pop(pid).end.close()
+    m.records.update(pid, phase=Phase.DRAINING)
+    m.worker_exited(pid, 0, 1.0)
     text = metrics.render()
     assert value(text, "forkserve_requests_total", app="web", status_class="2xx") == 2
     assert value(text, "forkserve_requests_total", app="web", status_class="4xx") == 1
@@ -97,7 +100,7 @@ def _ask(server: MetricsServer, selector, request: bytes) -> bytes:
 def test_http_responder(fake_master) -> None:
     m = fake_master()
     m.add_worker("web")
-    server = MetricsServer("127.0.0.1:0", Metrics(m), m.selector)
+    server = MetricsServer("127.0.0.1:0", Metrics(m.snapshot), m.selector)
     try:
         reply = _ask(server, m.selector, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         head, _, body = reply.partition(b"\r\n\r\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import shutil
@@ -19,15 +20,21 @@ from forkserve.control import protocol
 from forkserve.control.protocol import Request
 from forkserve.control.server import IDLE_TIMEOUT, ControlServer, ControlSocketError
 
+LATER: list[Callable[[dict[str, object]], None]] = []  # replies owed by the "plan" command of the fixture
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ControlServer]:
     selector = selectors.DefaultSelector()
+    LATER.clear()
 
-    def dispatch(request: Request) -> dict[str, object]:
+    def dispatch(request: Request, respond: Callable[[dict[str, object]], None]) -> None:
         if request.command == "reload":
             raise RuntimeError("broken on purpose")
-        return {"command": request.command, "fast": request.fast}
+        if request.command == "plan":  # answered later, as a plan whose file validates in a child
+            LATER.append(respond)
+            return
+        respond({"command": request.command, "fast": request.fast})
 
     srv = ControlServer(str(tmp_path / "run" / "control.sock"), dispatch, selector)
     srv.open()
@@ -93,6 +100,33 @@ def test_commands_and_errors_keep_the_server_serving(server: ControlServer) -> N
     pump(server, lambda: not server.connections)
 
 
+def test_a_deferred_reply_keeps_order_and_the_connection_is_not_idle(server: ControlServer) -> None:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(server.path)
+    client.setblocking(False)
+    client.sendall(protocol.encode({"command": "plan", "path": "/x.toml", "text": ""})
+                   + protocol.encode({"command": "status"}))
+    pump(server, lambda: LATER)
+    assert exchange(server, protocol.encode({"command": "status"}))[0]["ok"] is True  # others are served
+    server.tick(time.monotonic() + IDLE_TIMEOUT + 1)  # owed a reply: not idle
+    assert len(server.connections) == 1
+    with pytest.raises(BlockingIOError):
+        client.recv(65536)  # the status asked after the plan waits for it
+    LATER.pop()({"planned": True})
+    decoder = protocol.Decoder()
+    replies: list[dict[str, object]] = []
+
+    def got() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            replies.extend(decoder.feed(client.recv(65536)))
+        return len(replies) == 2
+
+    pump(server, got)
+    assert replies[0] == {"ok": True, "result": {"planned": True}}
+    assert replies[1]["ok"] is True and replies[1]["result"] == {"command": "status", "fast": False}
+    client.close()
+
+
 def test_silent_and_half_sent_clients_are_dropped(server: ControlServer) -> None:
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     silent.connect(server.path)
@@ -110,7 +144,7 @@ def test_silent_and_half_sent_clients_are_dropped(server: ControlServer) -> None
 
 
 def test_a_second_master_on_the_same_socket_is_refused(server: ControlServer) -> None:
-    other = ControlServer(server.path, lambda r: {}, server.selector)
+    other = ControlServer(server.path, lambda r, respond: respond({}), server.selector)
     with pytest.raises(ControlSocketError, match="already listening"):
         other.open()
 

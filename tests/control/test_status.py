@@ -1,4 +1,4 @@
-"""status.snapshot on a hand-set Master, and the status table."""
+"""status.render of a hand-set Master's snapshot, and the status table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 from forkserve.control.client import format_status
 from forkserve.state import Backoff, Phase
-from forkserve.status import snapshot
+from forkserve.status import render
 from tests.control.conftest import SITE
 
 
@@ -17,8 +17,8 @@ def test_converged_site(fake_master) -> None:
     m.add_worker("api", started=3.0)
     web.slot[1] += 7  # REQUESTS
     web.slot[7] = 1  # IN_FLIGHT
-    m._note_healthy(11.0)  # the loop's pass: every worker has been ready long enough to count as healthy
-    snap = snapshot(m, now=11.0, wall=1000.0)
+    m.records.note_healthy(m.desired, 11.0)  # the loop's pass: every worker has been ready long enough
+    snap = render(m.snap(now=11.0, wall=1000.0))
     json.dumps(snap)  # JSON-able
     assert snap["ready"] is True
     assert snap["site"]["revision"] == m.site.revision and snap["site"]["errors"] == []
@@ -45,19 +45,19 @@ def test_scaled_rolling_backoff_and_removed(fake_master) -> None:
     m.set_site(SITE.replace("workers = 2", "workers = 3").replace('module = "basic:app"\nbinds = ["127.0.0.1:0"]\n',
                                                                   'module = "basic:app2"\nbinds = ["127.0.0.1:0"]\n'))
     m.add_worker("web", phase=Phase.BOOTING)
-    m.restarts[("web", "rolled")] += 1
-    snap = snapshot(m, now=5.0)
+    m.records.restarts[("web", "rolled")] += 1
+    snap = render(m.snap(now=5.0))
     web = next(a for a in snap["apps"] if a["name"] == "web")
     assert (web["desired"], web["running"], web["ready"], web["updated"], web["state"]) == (3, 3, 2, 0, "rolling")
     assert [w["state"] for w in web["workers"]] == ["idle", "idle", "booting"]
     assert web["restarts"]["rolled"] == 1
     assert snap["ready"] is False
-    m.backoff[("web", m.desired.apps["web"].revision)] = Backoff(failures=2, retry_at=9.0, last_error="boom")
-    web = next(a for a in snapshot(m, now=5.0, wall=100.0)["apps"] if a["name"] == "web")
+    m.records.backoff[("web", m.desired.apps["web"].revision)] = Backoff(failures=2, retry_at=9.0, last_error="boom")
+    web = next(a for a in render(m.snap(now=5.0, wall=100.0))["apps"] if a["name"] == "web")
     assert web["state"] == "backoff"
     assert web["backoff"] == {"failures": 2, "retry_at": 104.0, "retry_in": 4.0, "error": "boom"}
     m.set_site(SITE.split("[apps.api]")[0])  # api removed; its worker still drains
-    api = next(a for a in snapshot(m)["apps"] if a["name"] == "api")
+    api = next(a for a in render(m.snap())["apps"] if a["name"] == "api")
     assert (api["in_site"], api["state"], api["running"]) == (False, "removing", 1)
 
 
@@ -65,7 +65,7 @@ def test_invalid_file_errors_and_table(fake_master) -> None:
     m = fake_master()
     m.add_worker("web")
     m.site.errors = ("site.toml:3:11: apps.web.workers: must be at least 1",)
-    snap = snapshot(m)
+    snap = render(m.snap())
     assert snap["site"]["errors"] == list(m.site.errors)
     text = format_status(snap)
     assert "must be at least 1" in text and "\033[" not in text

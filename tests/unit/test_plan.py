@@ -52,8 +52,8 @@ def kinds(actions: tuple[Action, ...]) -> list[str]:
 def test_empty_site_opens_listeners_before_spawning() -> None:
     d = desired(api={"workers": 2})
     actions = plan(d, Observed(), NOW)
-    assert actions == (OpenListener(A, "api"), Spawn("api", d.apps["api"].revision),
-                       Spawn("api", d.apps["api"].revision))
+    assert actions == (OpenListener(A, "api"), Spawn(d.apps["api"]),
+                       Spawn(d.apps["api"]))
 
 
 def test_converged_site_plans_nothing() -> None:
@@ -87,12 +87,11 @@ def test_roll_surges_one_then_retires_one_per_ready_replacement() -> None:
     old = desired(api={"workers": 2})
     new = desired(api={"workers": 2, "env": {"V": "2"}})
     olds = [worker(old, revision=old.apps["api"].revision, started=NOW - 100 + i) for i in range(2)]
-    rev = new.apps["api"].revision
-    assert plan(new, observed(*olds), NOW) == (Spawn("api", rev),)
+    assert plan(new, observed(*olds), NOW) == (Spawn(new.apps["api"]),)
     booting = worker(new, phase=Phase.BOOTING)
     assert plan(new, observed(*olds, booting), NOW) == ()  # no old worker leaves before a new one is ready
     ready = dataclasses.replace(booting, phase=Phase.READY, ready_at=NOW)
-    assert plan(new, observed(*olds, ready), NOW) == (Retire(olds[0].pid, "rolled"), Spawn("api", rev))
+    assert plan(new, observed(*olds, ready), NOW) == (Retire(olds[0].pid, "rolled"), Spawn(new.apps["api"]))
 
 
 def test_roll_with_max_unavailable_retires_before_replacing() -> None:
@@ -117,9 +116,9 @@ def test_an_old_worker_lost_while_the_new_revision_cannot_boot_is_replaced_from_
     survivors = [worker(old, revision=old_rev) for _ in range(2)]
     held = {("api", new.apps["api"].revision): Backoff(2, NOW + 5, "ImportError")}
     obs = observed(*survivors, backoff=held, proven={"api": old.apps["api"]})
-    assert plan(new, obs, NOW) == (Spawn("api", old_rev),)
+    assert plan(new, obs, NOW) == (Spawn(old.apps["api"]),)
     # once the backoff expires the roll is tried again: one new worker within the surge, nobody retired
-    assert plan(new, dataclasses.replace(obs, backoff={}), NOW) == (Spawn("api", new.apps["api"].revision),) * 2
+    assert plan(new, dataclasses.replace(obs, backoff={}), NOW) == (Spawn(new.apps["api"]),) * 2
     # without a proven revision (the app never booted) there is nothing to fall back to
     assert plan(new, dataclasses.replace(obs, proven={}), NOW) == ()
 
@@ -152,7 +151,7 @@ def test_recycle_requests_during_a_hold_roll_within_the_proven_revision() -> Non
     tired, fresh = worker(old, revision=rev, recycle=True), worker(old, revision=rev)
     held = {"backoff": {("api", new.apps["api"].revision): Backoff(1, NOW + 30, "boom")},
             "proven": {"api": old.apps["api"]}}
-    assert plan(new, observed(tired, fresh, **held), NOW) == (Spawn("api", rev),)  # surge first
+    assert plan(new, observed(tired, fresh, **held), NOW) == (Spawn(old.apps["api"]),)  # surge first
     replacement = worker(old, revision=rev)
     assert plan(new, observed(tired, fresh, replacement, **held), NOW) == (Retire(tired.pid, "recycle"),)
 

@@ -1,0 +1,209 @@
+"""The master's mutable truth about what runs: workers, listeners, backoff, proven revisions, counts.
+
+Owned by the loop (`master/loop.py`), changed only from it: by the executor when it applies actions, and by the
+loop's own steps when workers report events, beat, exit or turn healthy. It is read in two frozen forms:
+`observed()` for `plan()`, and `snapshot()` for everyone else (status, metrics, the control plane).
+
+Its only I/O is reading the workers' event pipes and shared-memory slots, and (un)registering those pipes with
+the loop's selector through the `FdWatch` it is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from forkserve import backoff, process
+from forkserve.channel import MasterEnd
+from forkserve.config.binds import BindAddress
+from forkserve.outcomes import RestartCause
+from forkserve.snapshot import SiteSnapshot, Snapshot, Totals, WorkerSnapshot
+from forkserve.sockets import Listener
+from forkserve.spec import AppSpec, DesiredState
+from forkserve.state import Backoff, Observed, Phase, WorkerView
+
+log = logging.getLogger("forkserve")
+
+
+class FdWatch(Protocol):
+    """The loop's selector, narrowed to what records and preload processes need: wake the loop on input."""
+
+    def watch(self, fd: int) -> None: ...
+
+    def unwatch(self, fd: int) -> None: ...
+
+
+@dataclass
+class WorkerRecord:
+    view: WorkerView
+    end: MasterEnd
+    spec: AppSpec
+    boot_error: str = ""
+
+
+class Records:
+    def __init__(self, fds: FdWatch) -> None:
+        self.fds = fds
+        self.workers: dict[int, WorkerRecord] = {}
+        self.listeners: dict[BindAddress, Listener] = {}
+        self.backoff: dict[tuple[str, str], Backoff] = {}
+        self.proven: dict[str, AppSpec] = {}  # app -> spec of the desired revision, once one of its workers was
+        # healthy (ready for backoff.HEALTHY_AFTER): what the plan falls back to while a newer one cannot boot
+        self.bind_retry_at: dict[BindAddress, float] = {}
+        self.bind_errors: dict[BindAddress, str] = {}
+        self.restarts: Counter[tuple[str, str]] = Counter()
+        self.exited: dict[str, Totals] = {}  # per app: counters of workers that are gone (read once, at exit)
+        self.converged: dict[str, str] = {}  # app -> "revision/count" it last fully converged to (for the log)
+
+    def observed(self) -> Observed:
+        return Observed(
+            workers={pid: r.view for pid, r in self.workers.items()},
+            listeners=frozenset(self.listeners),
+            backoff=dict(self.backoff),
+            bind_retry_at=dict(self.bind_retry_at),
+            proven=dict(self.proven),
+        )
+
+    def snapshot(self, desired: DesiredState, site: SiteSnapshot, *, now: float, wall: float, pid: int,
+                 started_at: float, control_socket: str | None, loop_errors: int = 0,
+                 last_loop_error: str = "") -> Snapshot:
+        workers = sorted(self.workers.values(), key=lambda r: r.view.started)
+        return Snapshot(
+            now=now, wall=wall, pid=pid, started_at=started_at, control_socket=control_socket, site=site,
+            desired=desired,
+            workers=tuple(WorkerSnapshot(r.view.pid, r.view.app, r.view.revision, r.view.phase, r.view.started,
+                                         r.view.recycle, r.end.counters()) for r in workers),
+            addresses={bind: listener.address for bind, listener in self.listeners.items()},
+            bind_errors=dict(self.bind_errors),
+            backoff=dict(self.backoff),
+            proven={app: spec.revision for app, spec in self.proven.items()},
+            restarts=dict(self.restarts),
+            exited={app: totals.copy() for app, totals in self.exited.items()},
+            loop_errors=loop_errors, last_loop_error=last_loop_error,
+        )
+
+    # ---- what the executor records ------------------------------------------------------------------------
+
+    def add_worker(self, pid: int, end: MasterEnd, spec: AppSpec, now: float) -> None:
+        view = WorkerView(pid=pid, app=spec.name, revision=spec.revision, binds=frozenset(spec.binds),
+                          phase=Phase.BOOTING, started=now, heartbeat=now, timeout=spec.timeout,
+                          boot_timeout=spec.boot_timeout)
+        self.workers[pid] = WorkerRecord(view, end, spec)
+        self.fds.watch(end.read_fd)
+
+    def failed(self, app: str, revision: str, now: float, error: str) -> Backoff:
+        """A boot failure of (app, revision): the next spawn of it waits longer."""
+        key = (app, revision)
+        self.backoff[key] = backoff.after_failure(self.backoff.get(key), now, error)
+        return self.backoff[key]
+
+    def count_restart(self, app: str, cause: RestartCause | None) -> None:
+        if cause is not None:
+            self.restarts[(app, cause.value)] += 1
+
+    def update(self, pid: int, **changes: object) -> WorkerView:
+        record = self.workers[pid]
+        record.view = dataclasses.replace(record.view, **changes)  # type: ignore[arg-type]
+        return record.view
+
+    # ---- what the loop reads from workers -------------------------------------------------------------------
+
+    def read_events(self, now: float) -> None:
+        for record in list(self.workers.values()):
+            self._events_of(record, now)
+
+    def _events_of(self, record: WorkerRecord, now: float) -> None:
+        if record.end.read_fd < 0:
+            return
+        events, closed = record.end.read_events()
+        for event in events:
+            kind = event.get("event")
+            if kind == "ready" and record.view.phase is Phase.BOOTING:
+                record.view = dataclasses.replace(record.view, phase=Phase.READY, ready_at=now, heartbeat=now)
+                log.debug("worker %d of %s ready", record.view.pid, record.view.app)
+            elif kind == "recycle":
+                record.view = dataclasses.replace(record.view, recycle=True)
+            elif kind == "boot_error":
+                record.boot_error = str(event.get("text", ""))
+        if closed:
+            self._close_end(record)
+
+    def _close_end(self, record: WorkerRecord) -> None:
+        if record.end.read_fd >= 0:
+            self.fds.unwatch(record.end.read_fd)
+            record.end.close()
+
+    def read_heartbeats(self) -> None:
+        for record in self.workers.values():
+            beat = record.end.heartbeat()
+            if beat > record.view.heartbeat:
+                record.view = dataclasses.replace(record.view, heartbeat=beat)
+
+    def worker_exited(self, pid: int, status: int, now: float, stopping: bool) -> None:
+        """A worker is gone: reaped by the master, or reported by the preload process that forked it."""
+        record = self.workers.pop(pid, None)
+        if record is None:
+            return
+        self._events_of(record, now)  # a boot error written just before exit
+        self._close_end(record)
+        self.exited.setdefault(record.view.app, Totals()).add(record.end.counters())
+        self._after_exit(record, status, now, stopping)
+
+    def _after_exit(self, record: WorkerRecord, status: int, now: float, stopping: bool) -> None:
+        view = record.view
+        how = process.describe_exit(status)
+        if view.phase is Phase.DRAINING or stopping:  # retired, or stopping (TERM may reach the whole process
+            # group from systemd or a shell, so workers can be quicker than our own retire)
+            log.debug("worker %d of %s exited (%s)", view.pid, view.app, how)
+            return
+        if view.ready_at is None:
+            error = record.boot_error.strip() or f"worker exited during boot ({how})"
+            log.error("app %s (revision %s): worker %d failed to boot (%s):\n%s", view.app, view.revision,
+                      view.pid, how, indent(error))
+        else:
+            error = f"worker {view.pid} died ({how})"
+            if view.phase is not Phase.KILLED:
+                self.count_restart(view.app, RestartCause.CRASH)
+                log.warning("app %s: worker %d died unexpectedly (%s); replacing it", view.app, view.pid, how)
+        if backoff.is_failure(view, now):
+            entry = self.failed(view.app, view.revision, now, error)
+            if entry.failures > 1:
+                log.warning("app %s: %d failures in a row; next try in %.0fs", view.app, entry.failures,
+                            entry.retry_at - now)
+
+    def note_healthy(self, desired: DesiredState, now: float) -> None:
+        """A revision with a healthy worker is out of backoff, and, when desired, the app's proven revision.
+        Healthy rather than merely ready: code that crashes seconds after boot is not something to fall back on."""
+        healthy = {(r.view.app, r.view.revision) for r in self.workers.values() if backoff.healthy(r.view, now)}
+        for key in [k for k in self.backoff if k in healthy]:
+            del self.backoff[key]
+        for name, spec in desired.apps.items():
+            if (name, spec.revision) in healthy:
+                self.proven[name] = spec
+
+    def forget_removed_apps(self, desired: DesiredState) -> None:
+        self.proven = {app: spec for app, spec in self.proven.items() if app in desired.apps}
+
+    def log_convergence(self, desired: DesiredState) -> None:
+        for name in [n for n in self.converged if n not in desired.apps]:
+            if not any(r.view.app == name for r in self.workers.values()):
+                del self.converged[name]
+                log.info("app %s: removed (all workers gone)", name)
+        for name, spec in desired.apps.items():
+            mine = [r.view for r in self.workers.values() if r.view.app == name and r.view.live]
+            done = (len(mine) == spec.workers and all(w.phase is Phase.READY and w.revision == spec.revision
+                                                      for w in mine))
+            if done and self.converged.get(name) != f"{spec.revision}/{spec.workers}":
+                self.converged[name] = f"{spec.revision}/{spec.workers}"
+                log.info("app %s: %d/%d workers ready (revision %s)", name, len(mine), spec.workers, spec.revision)
+
+    def close_ends(self) -> None:
+        for record in self.workers.values():
+            self._close_end(record)
+
+
+def indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())

@@ -1,0 +1,190 @@
+"""Reloading the site file without ever blocking the loop.
+
+A reload reads the file (at most `MAX_SITE_BYTES`), and when its content is new, validates it: from the cache of
+validated results at once, or else in a child process (`config.validate`) whose pipe is one more selector event
+of the loop. While the child works the loop keeps turning: workers are reaped and replaced, heartbeats read,
+signals handled, status answered. When the answer comes, a valid file is applied (`apply`, the master's) and an
+invalid one is logged with its located diagnostics; the running site is never touched by a bad file.
+
+One reload at a time: a request that arrives while one validates is remembered and runs right after it,
+re-reading the file (an explicit one keeps its meaning: it clears the backoff). Everyone who asked (a HUP, a
+`forkserve reload` waiting on the control socket) gets the `ReloadOutcome` of the reload that served them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import selectors
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from forkserve.config.errors import ConfigError
+from forkserve.config.validate import Validated, Validation, read_site, signature, validate
+from forkserve.outcomes import ReloadKind, ReloadOutcome
+from forkserve.snapshot import SiteSnapshot
+from forkserve.spec import LoadedSite, ServerSettings
+
+log = logging.getLogger("forkserve")
+
+MAX_VALIDATIONS = 4  # children validating at once (reloads and `forkserve plan` requests); more are refused
+
+Done = Callable[[LoadedSite | ConfigError], None]
+Respond = Callable[[ReloadOutcome], None]
+
+
+@dataclass
+class SiteFile:
+    """The last valid site file the master applied, and the outcome of the last attempt to read one."""
+
+    path: str
+    server: ServerSettings | None = None  # None until the first valid file is applied
+    digest: str = ""  # sha256 of the bytes applied
+    revision: str = ""
+    signature: tuple[int, int, int, int] | None = None
+    errors: tuple[str, ...] = ()  # diagnostics of the current (invalid) file; empty when it applied
+    last_result: str = ""
+    missing: bool = False
+
+    def snapshot(self) -> SiteSnapshot:
+        return SiteSnapshot(self.path, self.revision, self.last_result, self.errors, self.missing)
+
+
+class Validations:
+    """Validations under way in child processes, each one selector event; `tick` enforces their deadlines."""
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+        self.pending: dict[int, tuple[Validation, Done]] = {}
+
+    def start(self, data: bytes, path: str, done: Done) -> bool:
+        """Validate; `done` gets the LoadedSite or the ConfigError (at once on a cache hit). False when too many
+        validations are under way already (nothing started)."""
+        if len(self.pending) >= MAX_VALIDATIONS:
+            return False
+        job = validate(data, path)
+        if isinstance(job, Validated):
+            done(job.loaded)
+            return True
+        fd = job.fileno()
+        self.pending[fd] = (job, done)
+        self.selector.register(fd, selectors.EVENT_READ, lambda: self._readable(fd))
+        return True
+
+    def _readable(self, fd: int) -> None:
+        job, _ = self.pending[fd]
+        if job.on_readable():
+            self._finish(fd)
+
+    def tick(self, now: float) -> None:
+        for fd, (job, _) in list(self.pending.items()):
+            if job.expire(now):
+                self._finish(fd)
+
+    def _finish(self, fd: int) -> None:
+        self.selector.unregister(fd)
+        job, done = self.pending.pop(fd)
+        try:
+            result: LoadedSite | ConfigError = job.outcome()
+        except ConfigError as exc:
+            result = exc
+        done(result)
+
+    def cancel_all(self) -> None:
+        for fd, (job, _) in list(self.pending.items()):
+            self.selector.unregister(fd)
+            job.cancel()
+        self.pending.clear()
+
+
+class Reloads:
+    """Reads, validates and applies the site file on request; see the module docstring."""
+
+    def __init__(self, site: SiteFile, validations: Validations, apply: Callable[[LoadedSite, bytes], ReloadOutcome],
+                 before: Callable[[bool], None], after: Callable[[bool, ReloadOutcome], None],
+                 clear_backoff: Callable[[], None]) -> None:
+        self.site = site
+        self.validations = validations
+        self.apply = apply
+        self.before, self.after, self.clear_backoff = before, after, clear_backoff
+        self.validating = False
+        self.queued = False  # a reload asked for while one validates
+        self.explicit = False  # of the queued one
+        self.waiters: list[Respond] = []
+
+    def request(self, explicit: bool, respond: Respond | None = None) -> None:
+        if respond is not None:
+            self.waiters.append(respond)
+        self.explicit |= explicit
+        self.queued = True
+        if not self.validating:
+            self._begin()
+
+    def _begin(self) -> None:
+        explicit, waiters = self.explicit, self.waiters
+        self.queued, self.explicit, self.waiters = False, False, []
+        self.before(explicit)
+        site = self.site
+        sig = signature(site.path)
+        data = read_site(site.path)
+        site.signature = sig
+        if data is None:
+            self._finish(explicit, waiters, self._missing())
+            return
+        site.missing = False
+        if hashlib.sha256(data).hexdigest() == site.digest and not explicit:
+            self._finish(explicit, waiters, self._same())
+            return
+        self.validating = True
+        started = self.validations.start(data, site.path,
+                                         lambda result: self._validated(explicit, waiters, data, result))
+        if not started:  # every child slot is taken by `plan` requests: `tick` tries again
+            self.validating = False
+            self.queued, self.explicit, self.waiters = True, self.explicit or explicit, waiters + self.waiters
+
+    def tick(self) -> None:
+        if self.queued and not self.validating:
+            self._begin()
+
+    def _missing(self) -> ReloadOutcome:
+        site = self.site
+        if not site.missing:
+            log.warning("site file %s is gone or unreadable; the running site (revision %s) keeps running",
+                        site.path, site.revision)
+        site.missing = True
+        outcome = ReloadOutcome(ReloadKind.MISSING, site.revision)
+        site.last_result = outcome.line()
+        return outcome
+
+    def _same(self) -> ReloadOutcome:
+        site = self.site
+        if not site.errors:
+            return ReloadOutcome(ReloadKind.UNCHANGED, site.revision)
+        site.errors = ()  # back to the content that is running: the error is gone
+        outcome = ReloadOutcome(ReloadKind.RESTORED, site.revision)
+        site.last_result = outcome.line()
+        log.info("%s", site.last_result)
+        return outcome
+
+    def _validated(self, explicit: bool, waiters: list[Respond], data: bytes,
+                   result: LoadedSite | ConfigError) -> None:
+        self.validating = False
+        site = self.site
+        if isinstance(result, ConfigError):
+            site.errors = tuple(d.format() for d in result.diagnostics)
+            outcome = ReloadOutcome(ReloadKind.INVALID, site.revision, problems=len(result.diagnostics))
+            site.last_result = outcome.line()
+            log.error("site file is invalid; nothing changed, revision %s keeps running:\n%s", site.revision,
+                      "\n".join("    " + line for line in str(result).splitlines()))
+        else:
+            if explicit:
+                self.clear_backoff()  # the operator asked: try broken apps again now
+            outcome = self.apply(result, data)
+        self._finish(explicit, waiters, outcome)
+
+    def _finish(self, explicit: bool, waiters: list[Respond], outcome: ReloadOutcome) -> None:
+        self.after(explicit, outcome)
+        for respond in waiters:
+            respond(outcome)
+        if self.queued and not self.validating:
+            self._begin()

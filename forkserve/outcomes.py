@@ -1,0 +1,120 @@
+"""Outcomes as values: why a worker is retired or killed, what a restart is counted as, what a reload did. Pure.
+
+Each is written once here; log lines, status, metrics and the control protocol render them, and nothing matches
+prose. The enums are `str` enums, so a value is its own wire form (`"rolled"`, `"invalid"`) in JSON and labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class RetireReason(str, Enum):
+    """Why the plan retires a worker (graceful: SIGTERM, in-flight requests finish)."""
+
+    SCALE = "scale"
+    ROLLED = "rolled"  # replaced by a worker of the desired revision
+    RECYCLE = "recycle"  # asked to be replaced (max_requests)
+    REMOVED = "removed"  # its app left the site file
+    STOP = "stop"  # the master is stopping gracefully
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class KillReason(str, Enum):
+    """Why the plan sends a kill signal."""
+
+    TIMEOUT = "timeout"  # ready, but silent for `timeout`
+    BOOT_TIMEOUT = "boot_timeout"  # not ready within `boot_timeout`
+    DRAIN_TIMEOUT = "drain_timeout"  # still busy after `graceful_timeout`
+    ESCALATE = "escalate"  # an earlier kill signal was not enough: SIGKILL
+    FAST_STOP = "fast_stop"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RestartCause(str, Enum):
+    """What a worker replacement is counted as (status `restarts`, metric `forkserve_restarts_total{cause}`)."""
+
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    BOOT_TIMEOUT = "boot_timeout"
+    MAX_REQUESTS = "max_requests"
+    ROLLED = "rolled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def of_retire(cls, reason: RetireReason) -> RestartCause | None:
+        return {RetireReason.ROLLED: cls.ROLLED, RetireReason.RECYCLE: cls.MAX_REQUESTS}.get(reason)
+
+    @classmethod
+    def of_kill(cls, reason: KillReason) -> RestartCause | None:
+        return {KillReason.TIMEOUT: cls.TIMEOUT, KillReason.BOOT_TIMEOUT: cls.BOOT_TIMEOUT}.get(reason)
+
+
+class ReloadKind(str, Enum):
+    APPLIED = "applied"  # a valid file with new content (or an explicit reload) was applied
+    RESTORED = "restored"  # after an invalid edit, the file is back to the content that runs
+    UNCHANGED = "unchanged"  # a file event, same content: not a reload at all
+    INVALID = "invalid"  # nothing changed; the last good revision keeps running
+    MISSING = "missing"  # the file is gone or unreadable; the running site keeps running
+    PENDING = "pending"  # the file is being validated (in a child); the outcome follows
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What one reload did. `revision` is the site revision running afterwards."""
+
+    kind: ReloadKind
+    revision: str = ""
+    summary: str = ""  # APPLIED: what changed, in words (`changes.summary`)
+    problems: int = 0  # INVALID: how many diagnostics
+
+    def line(self) -> str:
+        """The result line: logged, kept as status `site.last_result`, returned by `forkserve reload`."""
+        if self.kind is ReloadKind.APPLIED:
+            return f"site revision {self.revision} applied: {self.summary}"
+        if self.kind is ReloadKind.RESTORED:
+            return f"site file is back to revision {self.revision}: no changes"
+        if self.kind is ReloadKind.INVALID:
+            return f"invalid: {self.problems} problem(s); still running revision {self.revision}"
+        if self.kind is ReloadKind.MISSING:
+            return "site file missing: keeping the running site"
+        if self.kind is ReloadKind.PENDING:
+            return "validating the site file"
+        return "unchanged"
+
+    @property
+    def counted(self) -> bool:
+        """Is it a reload for the metrics (a file event with the same content is not)?"""
+        return self.kind not in (ReloadKind.UNCHANGED, ReloadKind.PENDING)
+
+    @property
+    def result_label(self) -> str:
+        """`forkserve_reloads_total{result}`: applied | invalid | missing."""
+        return {ReloadKind.INVALID: "invalid", ReloadKind.MISSING: "missing"}.get(self.kind, "applied")
+
+    def to_wire(self) -> dict[str, str]:
+        """The `reload` reply of the control protocol: {"result": line, "outcome": kind, "revision": ...}."""
+        return {"result": self.line(), "outcome": self.kind.value, "revision": self.revision}
+
+    @classmethod
+    def from_wire(cls, reply: dict[str, object]) -> ReloadOutcome:
+        return cls(ReloadKind(str(reply.get("outcome", "applied"))), str(reply.get("revision", "")))
+
+    @property
+    def failed(self) -> bool:
+        """Nothing was applied although the operator asked (`forkserve reload` exits 1)."""
+        return self.kind in (ReloadKind.INVALID, ReloadKind.MISSING)
+
+
+RELOAD_RESULTS = ("applied", "invalid", "missing")
+RESTART_CAUSES = tuple(cause.value for cause in RestartCause)
