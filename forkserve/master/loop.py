@@ -22,27 +22,25 @@ wake-up re-plans from the records, which is how a level-triggered loop recovers.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import logging
 import os
 import selectors
 import signal
-import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from forkserve import process
-from forkserve.changes import RESTART_ONLY, summary
 from forkserve.config.errors import ConfigError
-from forkserve.config.validate import Validated, Validation, read_site, signature
+from forkserve.config.validate import Validated, Validation, load_site, read_site, signature
 from forkserve.logs import ErrorLog
+from forkserve.master import children
+from forkserve.master.children import import_worker_side, set_title
 from forkserve.master.executor import Executor, Ports
 from forkserve.master.records import Records, indent
 from forkserve.master.sitefile import Reloads, SiteFile, Validations
-from forkserve.outcomes import ReloadKind, ReloadOutcome
+from forkserve.outcomes import ReloadOutcome
 from forkserve.plan import OpenListener, plan
 from forkserve.preload import Preloads
 from forkserve.snapshot import Snapshot
@@ -118,13 +116,13 @@ class Master:
         if data is None:
             raise StartupError(f"{self.site.path}: cannot read the site file")
         if isinstance(early, Validation):
-            _import_worker_side(("sync", "gevent"))  # while the child validates: the master would only be waiting
+            import_worker_side(("sync", "gevent"))  # while the child validates: the master would only be waiting
         try:
-            loaded = (early.result() if early else _validate_now(data, self.site.path))
+            loaded = early.result() if early else load_site(data, self.site.path)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         if not isinstance(early, Validation):
-            _import_worker_side({spec.worker_class for spec in loaded.desired.apps.values()})
+            import_worker_side({spec.worker_class for spec in loaded.desired.apps.values()})
         self.error_log.setup(loaded.server)
         self._apply(loaded, data)
         for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
@@ -139,7 +137,7 @@ class Master:
                     raise StartupError(f"app {action.app!r}: cannot bind {exc}") from None
         self._install_signals()
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake_pipe)
-        _set_title(f"forkserve: master [{self.site.path}]")  # before the fork: workers find setproctitle loaded
+        set_title(f"forkserve: master [{self.site.path}]")  # before the fork: workers find setproctitle loaded
         # The first workers are forked now: the time to a first response is the time to get here. The rest of
         # start-up (control socket, metrics, pidfile, watcher: ~30 ms, mostly imports) runs while they boot.
         now = time.monotonic()
@@ -177,12 +175,7 @@ class Master:
         if self.control:
             self.control.close()
             self.control = None
-        children = [*self.records.workers, *self.preloads.pids()]
-        for pid in children:
-            process.send_signal(pid, signal.SIGKILL)
-        for pid in children:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        children.kill_now([*self.records.workers, *self.preloads.pids()])
         self.records.workers.clear()
         self.preloads.zygotes.clear()
         self._close_all_listeners()
@@ -221,22 +214,9 @@ class Master:
         log.info("forkserve master %d stopped", os.getpid())
 
     def _drain_all(self) -> None:
-        """The last resort when the loop cannot go on: TERM every worker, reap until `graceful_timeout`, then
-        KILL what is left. Plain calls, no plan: this must work when the loop's own steps do not."""
+        """The last resort when the loop cannot go on (see `children.drain`)."""
         grace = self.site.server.graceful_timeout if self.site.server else 30.0
-        pids = set(self.records.workers) | set(self.preloads.pids())
-        log.warning("draining %d worker(s) within %.0fs before exiting", len(pids), grace)
-        for pid in pids:
-            process.send_signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            pids -= {pid for pid, _ in process.reap()}
-            time.sleep(0.05)
-        for pid in pids:
-            process.send_signal(pid, signal.SIGKILL)
-        for pid in pids:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        children.drain({*self.records.workers, *self.preloads.pids()}, grace)
         self.records.workers.clear()
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -346,13 +326,7 @@ class Master:
         self.records.failed(app, revision, now, error)
 
     def preload_needed(self, app: str, revision: str) -> bool:
-        spec = self.desired.apps.get(app)
-        if spec is not None and spec.preload and spec.revision == revision:
-            return True
-        proven = self.records.proven.get(app)
-        if spec is not None and proven is not None and proven.preload and proven.revision == revision:
-            return True  # the plan may spawn from it while the desired revision cannot boot
-        return any((r.view.app, r.view.revision) == (app, revision) for r in self.records.workers.values())
+        return self.records.revision_needed(self.desired, app, revision)
 
     def stopping(self) -> bool:
         return self.desired.stopping
@@ -405,72 +379,11 @@ class Master:
             self.control.after_reload(explicit, outcome)
 
     def _apply(self, loaded: LoadedSite, data: bytes) -> ReloadOutcome:
-        new, server = loaded.desired, loaded.server
-        old_server = self.site.server
-        text = summary(self.desired, new, old_server, server)
-        if old_server is not None:  # settings the master cannot change live stay as they were
-            server = _keep_restart_only(server, old_server)
-            if server.log_level != old_server.log_level:
-                logging.getLogger("forkserve").setLevel(server.log_level.upper())
-        self.site.server = server
-        self.site.digest = _sha256(data)
-        self.site.errors = ()
-        self.site.revision = new.revision
-        self.desired = new
-        self.records.forget_removed_apps(new)
-        outcome = ReloadOutcome(ReloadKind.APPLIED, new.revision, summary=text)
-        self.site.last_result = outcome.line()
-        if old_server is not None:
-            log.info("%s", self.site.last_result)
+        outcome = self.site.accept(loaded, data, self.desired)
+        self.desired = loaded.desired
+        self.records.forget_removed_apps(loaded.desired)
         return outcome
 
 
 def _wake_only() -> None:
     """Selector callback of fds whose input the loop's steps read (worker event pipes, preload processes)."""
-
-
-def _keep_restart_only(server: ServerSettings, old: ServerSettings) -> ServerSettings:
-    return dataclasses.replace(server, **{k: getattr(old, k) for k in RESTART_ONLY})
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _validate_now(data: bytes, path: str) -> LoadedSite:
-    from forkserve.config.validate import load_site
-
-    return load_site(data, path)
-
-
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:  # optional: ps shows "python -m forkserve up ..." instead
-        return
-    setproctitle.setproctitle(title)
-
-
-def _import_worker_side(worker_classes: Iterable[str]) -> None:
-    """Import the modules the workers of these classes need (the HTTP request path, httptools) into the master
-    before the first fork: forked workers find them loaded and shared instead of each importing its own copy
-    (~15 ms off every worker's boot, less private memory per worker). Never gevent or app code: those stay in
-    the workers."""
-    import importlib
-
-    for name in sorted(worker_classes):
-        importlib.import_module(f"forkserve.workers.{name}")
-
-
-def run_site(site_path: str, early: Validated | Validation | None = None) -> int:
-    """`forkserve up SITE`: exit 0 after a stop, 3 when the site cannot start, 1 after a loop failure."""
-    master = Master(site_path)
-    try:
-        master.start(early)
-    except StartupError as exc:
-        print(f"forkserve: cannot start: {exc}", file=sys.stderr)
-        return 3
-    try:
-        return master.run()
-    finally:
-        master.shutdown()

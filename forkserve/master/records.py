@@ -184,6 +184,17 @@ class Records:
             if (name, spec.revision) in healthy:
                 self.proven[name] = spec
 
+    def revision_needed(self, desired: DesiredState, app: str, revision: str) -> bool:
+        """Does a desired spec, the proven fallback or a running worker still need (app, revision)? (Its preload
+        process is kept while it does.)"""
+        spec = desired.apps.get(app)
+        if spec is not None and spec.preload and spec.revision == revision:
+            return True
+        proven = self.proven.get(app)
+        if spec is not None and proven is not None and proven.preload and proven.revision == revision:
+            return True  # the plan may spawn from it while the desired revision cannot boot
+        return any((r.view.app, r.view.revision) == (app, revision) for r in self.workers.values())
+
     def forget_removed_apps(self, desired: DesiredState) -> None:
         self.proven = {app: spec for app, spec in self.proven.items() if app in desired.apps}
 

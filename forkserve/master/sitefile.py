@@ -13,17 +13,19 @@ re-reading the file (an explicit one keeps its meaning: it clears the backoff). 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import selectors
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from forkserve.changes import RESTART_ONLY, summary
 from forkserve.config.errors import ConfigError
 from forkserve.config.validate import Validated, Validation, read_site, signature, validate
 from forkserve.outcomes import ReloadKind, ReloadOutcome
 from forkserve.snapshot import SiteSnapshot
-from forkserve.spec import LoadedSite, ServerSettings
+from forkserve.spec import DesiredState, LoadedSite, ServerSettings
 
 log = logging.getLogger("forkserve")
 
@@ -48,6 +50,25 @@ class SiteFile:
 
     def snapshot(self) -> SiteSnapshot:
         return SiteSnapshot(self.path, self.revision, self.last_result, self.errors, self.missing)
+
+    def accept(self, loaded: LoadedSite, data: bytes, current: DesiredState) -> ReloadOutcome:
+        """A valid file becomes the applied one; `[server]` keys that need a restart keep their running values."""
+        new, server = loaded.desired, loaded.server
+        old = self.server
+        text = summary(current, new, old, server)
+        if old is not None:  # settings the master cannot change live stay as they were
+            server = dataclasses.replace(server, **{k: getattr(old, k) for k in RESTART_ONLY})
+            if server.log_level != old.log_level:
+                logging.getLogger("forkserve").setLevel(server.log_level.upper())
+        self.server = server
+        self.digest = hashlib.sha256(data).hexdigest()
+        self.errors = ()
+        self.revision = new.revision
+        outcome = ReloadOutcome(ReloadKind.APPLIED, new.revision, summary=text)
+        self.last_result = outcome.line()
+        if old is not None:
+            log.info("%s", self.last_result)
+        return outcome
 
 
 class Validations:

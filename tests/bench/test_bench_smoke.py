@@ -66,4 +66,5 @@ def test_startup_script_runs_once() -> None:
         capture_output=True, text=True, timeout=100, check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "| forkserve-sync |" in done.stdout and "| gunicorn-sync |" in done.stdout
+    assert "| forkserve-sync (warm cache) |" in done.stdout and "| forkserve-sync (cold cache) |" in done.stdout
+    assert "| gunicorn-sync |" in done.stdout
