@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from forkserve.changes import RESTART_ONLY, summary
-from forkserve.config.errors import ConfigError
+from forkserve.config.errors import ConfigError, Diagnostic
 from forkserve.config.validate import Validated, Validation, read_site, signature, validate
 from forkserve.outcomes import ReloadKind, ReloadOutcome
 from forkserve.snapshot import SiteSnapshot
@@ -83,7 +83,11 @@ class Validations:
         validations are under way already (nothing started)."""
         if len(self.pending) >= MAX_VALIDATIONS:
             return False
-        job = validate(data, path)
+        try:
+            job = validate(data, path)
+        except OSError as exc:  # fork or pipe failed (EAGAIN, EMFILE): a located, retriable answer, not a crash
+            done(ConfigError([Diagnostic(path, None, None, "", f"cannot validate now ({exc}); nothing applied")]))
+            return True
         if isinstance(job, Validated):
             done(job.loaded)
             return True

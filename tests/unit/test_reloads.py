@@ -1,0 +1,106 @@
+"""master.sitefile: reloads driven through a real selector and real validating children, without a master."""
+
+from __future__ import annotations
+
+import selectors
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from forkserve.master import sitefile
+from forkserve.master.sitefile import Reloads, SiteFile, Validations
+from forkserve.outcomes import ReloadKind, ReloadOutcome
+from forkserve.spec import DesiredState, LoadedSite
+
+SITE = """
+[apps.web]
+module = "basic:app"
+binds = ["127.0.0.1:0"]
+workers = {n}
+"""
+
+
+class Harness:
+    def __init__(self, path: Path) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.site = SiteFile(str(path))
+        self.desired = DesiredState()
+        self.validations = Validations(self.selector)
+        self.outcomes: list[ReloadOutcome] = []
+        self.cleared = 0
+        self.reloads = Reloads(self.site, self.validations, self.apply, lambda explicit: None,
+                               lambda explicit, outcome: self.outcomes.append(outcome), self.clear)
+
+    def apply(self, loaded: LoadedSite, data: bytes) -> ReloadOutcome:
+        outcome = self.site.accept(loaded, data, self.desired)
+        self.desired = loaded.desired
+        return outcome
+
+    def clear(self) -> None:
+        self.cleared += 1
+
+    def pump(self, until: int, timeout: float = 20.0) -> None:
+        """Turn the selector (as the master's loop does) until `until` outcomes are in."""
+        deadline = time.monotonic() + timeout
+        while len(self.outcomes) < until:
+            assert time.monotonic() < deadline, f"timed out: {self.outcomes}"
+            for key, _ in self.selector.select(0.05):
+                key.data()
+            self.validations.tick(time.monotonic())
+            self.reloads.tick()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    monkeypatch.setenv("FORKSERVE_NO_CACHE", "1")  # every validation is a child: the non-blocking path
+    (tmp_path / "site.toml").write_text(SITE.format(n=2))
+    made = Harness(tmp_path / "site.toml")
+    yield made
+    made.validations.cancel_all()
+    made.selector.close()
+
+
+def test_a_reload_validates_in_a_child_and_answers_when_it_is_done(harness: Harness) -> None:
+    answers: list[ReloadOutcome] = []
+    harness.reloads.request(explicit=True, respond=answers.append)
+    assert harness.reloads.validating and not answers  # nothing waited for the child
+    harness.pump(1)
+    assert answers == harness.outcomes and answers[0].kind is ReloadKind.APPLIED
+    assert harness.desired.apps["web"].workers == 2 and harness.cleared == 1
+
+
+def test_requests_during_a_validation_are_served_after_it_in_order(harness: Harness) -> None:
+    answers: list[ReloadOutcome] = []
+    harness.reloads.request(explicit=False, respond=answers.append)
+    Path(harness.site.path).write_text(SITE.format(n=0))  # invalid: workers must be at least 1
+    harness.reloads.request(explicit=True, respond=answers.append)  # queued behind the first
+    harness.reloads.request(explicit=False)
+    harness.pump(2)
+    assert [o.kind for o in answers] == [ReloadKind.APPLIED, ReloadKind.INVALID]
+    assert harness.site.errors and "workers" in harness.site.errors[0]
+    assert harness.desired.apps["web"].workers == 2  # the bad file changed nothing
+
+
+def test_a_validation_that_cannot_start_is_an_answer_not_a_stuck_reload(harness: Harness,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fork(data: bytes, path: str) -> object:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(sitefile, "validate", no_fork)
+    harness.reloads.request(explicit=True)
+    assert [o.kind for o in harness.outcomes] == [ReloadKind.INVALID] and not harness.reloads.validating
+    assert "cannot validate now" in harness.site.errors[0]
+    monkeypatch.undo()
+    harness.reloads.request(explicit=True)
+    harness.pump(2)
+    assert harness.outcomes[-1].kind is ReloadKind.APPLIED
+
+
+def test_a_child_past_its_deadline_is_killed_and_reported(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness.reloads.request(explicit=True)
+    job, _ = next(iter(harness.validations.pending.values()))
+    harness.validations.tick(job.deadline + 1)  # as if the child had hung past TIMEOUT
+    assert [o.kind for o in harness.outcomes] == [ReloadKind.INVALID]
+    assert "timed out" in harness.site.errors[0] and not harness.validations.pending
