@@ -1,11 +1,14 @@
 """The request path shared by every worker class: parse, build the PEP 3333 environ, call the app, write.
 
 Modules:
+    context     the per-worker `Context` (app, limits, counters, caches, clock) and the per-listener environ
     parse       httptools (llhttp) callbacks -> queued (environ, keep_alive, wsgi.input) per request; limits
     body        wsgi.input: the request body read lazily from the socket as the app reads it (bounded memory)
-    response    cached status lines, Date header, header block building, wsgi.file_wrapper
+    response    status lines, header blocks and their per-worker cache, the Date header's clock, file_wrapper
+    writer      one response: start_response, framing, list / iterable / sendfile bodies, socket writes
     connection  the per-connection loop: pipelined requests in order, keep-alive, 100-continue, HEAD, errors
     accesslog   the buffered access log
+No module keeps state of its own: what the request path caches belongs to the worker's `Context`.
 
 Why httptools (llhttp, the parser of Node.js) and not gevent.pywsgi's parser or a hand-written one:
     * strict where it matters for request smuggling: it rejects Content-Length together with Transfer-Encoding,

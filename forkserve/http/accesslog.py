@@ -7,21 +7,23 @@ Format (Apache "combined" plus the duration in seconds):
     127.0.0.1 - - [26/Nov/2026:10:00:00 +0000] "GET /a?b=1 HTTP/1.1" 200 12 "-" "curl/8.1" 0.000153
 
 BYTES is the body bytes sent ("-" for none); REMOTE_ADDR is "-" on a unix socket. Time is UTC. Quotes in the
-referer and user agent are escaped as \\". Disabled (access_log unset), nothing is formatted at all.
+referer and user agent are escaped as \\". Disabled (access_log unset), nothing is formatted at all. The
+timestamp comes from the worker's `Clock` (passed in), which the response path already keeps current.
 """
 
 from __future__ import annotations
 
 from typing import IO, Any
 
-from forkserve.http.response import CLOCK
+from forkserve.http.response import Clock
 
 
 class AccessLog:
-    __slots__ = ("stream", "target", "write")
+    __slots__ = ("clock", "stream", "target", "write")
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, clock: Clock) -> None:
         self.target = target
+        self.clock = clock
         self.stream: IO[str] | None = None
         self.open()
 
@@ -57,5 +59,6 @@ class AccessLog:
             referer = referer.replace('"', '\\"')
         if '"' in agent:
             agent = agent.replace('"', '\\"')
-        self.write(f'{env.get("REMOTE_ADDR") or "-"} - - [{CLOCK.stamp}] "{env["REQUEST_METHOD"]} {env["RAW_URI"]} '
-                   f'{env["SERVER_PROTOCOL"]}" {code} {nbytes or "-"} "{referer}" "{agent}" {duration:.6f}\n')
+        self.write(f'{env.get("REMOTE_ADDR") or "-"} - - [{self.clock.stamp}] "{env["REQUEST_METHOD"]} '
+                   f'{env["RAW_URI"]} {env["SERVER_PROTOCOL"]}" {code} {nbytes or "-"} "{referer}" "{agent}" '
+                   f'{duration:.6f}\n')

@@ -15,6 +15,9 @@ framing, bare LF) -> 400. After an error the parser is dead: the connection answ
 then the error, then closes.
 
 Header names containing "_" are dropped: HTTP_X_FOO must not be spoofable by sending "X_Foo" next to "X-Foo".
+
+Decoded header names, methods and request targets are cached in a `ParseCache` that the worker's `Context` owns
+and every parser of that worker shares (a dict lookup instead of decoding); no module-level state.
 """
 
 from __future__ import annotations
@@ -30,26 +33,50 @@ from forkserve.http.body import EMPTY, InputStream
 REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
-_KEYS: dict[bytes, str] = {}  # raw header name -> environ key ("" = dropped); bounded below
-_METHODS: dict[bytes, str] = {}
 URLS_CACHE = 1024  # request targets whose split and decoded form is kept
-_URLS: dict[bytes, tuple[str, str, str]] = {}
+KEYS_CACHE = 2048  # raw header names whose environ key is kept
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "0.9": "HTTP/0.9"}
 
 
+class ParseCache:
+    """What the parser has already decoded, kept per worker (bounded) and shared by its connections: clients
+    send the same header names, methods and request targets again and again."""
+
+    __slots__ = ("keys", "methods", "urls")
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, str] = {}  # raw header name -> environ key ("" = dropped)
+        self.methods: dict[bytes, str] = {}
+        self.urls: dict[bytes, tuple[str, str, str]] = {}
+
+    def environ_key(self, name: bytes) -> str:
+        key = self.keys.get(name)
+        if key is None:
+            key = environ_key(name)
+            if len(self.keys) < KEYS_CACHE:
+                self.keys[name] = key
+        return key
+
+    def method(self, raw: bytes) -> str:
+        text = raw.decode("ascii")
+        self.methods[raw] = text  # llhttp accepts a fixed set of methods: bounded
+        return text
+
+    def split_url(self, url: bytes) -> tuple[str, str, str]:
+        entry = split_url(url)
+        if len(self.urls) >= URLS_CACHE:
+            self.urls.clear()
+        self.urls[url] = entry
+        return entry
+
+
 def environ_key(name: bytes) -> str:
-    key = _KEYS.get(name)
-    if key is None:
-        text = name.decode("latin-1").upper()
-        if "_" in text:
-            key = ""
-        else:
-            key = text.replace("-", "_")
-            if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
-                key = "HTTP_" + key
-        if len(_KEYS) < 2048:
-            _KEYS[name] = key
-    return key
+    """The environ key of a header name: HTTP_<NAME>, CONTENT_TYPE / CONTENT_LENGTH, "" for a name with "_"."""
+    text = name.decode("latin-1").upper()
+    if "_" in text:
+        return ""
+    key = text.replace("-", "_")
+    return key if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH" else "HTTP_" + key
 
 
 class ParseError(Exception):
@@ -59,13 +86,15 @@ class ParseError(Exception):
 
 
 class RequestParser:
-    __slots__ = ("_parser", "base", "conn", "current", "env", "error", "failed_stream", "fed", "limit_field",
-                 "limit_fields", "limit_header_bytes", "limit_line", "nfields", "requests", "upgraded", "url")
+    __slots__ = ("_parser", "base", "cache", "conn", "current", "env", "error", "failed_stream", "fed",
+                 "limit_field", "limit_fields", "limit_header_bytes", "limit_line", "nfields", "requests", "upgraded",
+                 "url")
 
     def __init__(self, conn: Any, base: dict[str, Any], limit_line: int, limit_fields: int,
-                 limit_field: int) -> None:
+                 limit_field: int, cache: ParseCache) -> None:
         self.conn = conn
         self.base = base
+        self.cache = cache
         self.limit_line = limit_line
         self.limit_fields = limit_fields
         self.limit_field = limit_field
@@ -137,7 +166,9 @@ class RequestParser:
         env = self.env
         if env is None:
             return  # a trailer field of a chunked body: not passed to the app (WSGI has no place for it)
-        key = _KEYS.get(name) or environ_key(name)
+        key = self.cache.keys.get(name)
+        if key is None:
+            key = self.cache.environ_key(name)
         if key:
             text = value.decode("latin-1")
             if key in env:
@@ -151,12 +182,13 @@ class RequestParser:
         self.env = None
         self.fed = 0
         parser = self._parser
+        cache = self.cache
         url = self.url
         method = parser.get_method()
-        env["REQUEST_METHOD"] = _METHODS.get(method) or _method(method)
+        env["REQUEST_METHOD"] = cache.methods.get(method) or cache.method(method)
         version = parser.get_http_version()
         env["SERVER_PROTOCOL"] = _PROTOCOLS.get(version) or "HTTP/" + version
-        env["RAW_URI"], env["PATH_INFO"], env["QUERY_STRING"] = _URLS.get(url) or split_url(url)
+        env["RAW_URI"], env["PATH_INFO"], env["QUERY_STRING"] = cache.urls.get(url) or cache.split_url(url)
         length = env.get("CONTENT_LENGTH")
         if (length is None or length == "0") and "HTTP_TRANSFER_ENCODING" not in env:
             stream: Any = EMPTY
@@ -181,7 +213,7 @@ class RequestParser:
 
 
 def split_url(url: bytes) -> tuple[str, str, str]:
-    """(RAW_URI, PATH_INFO, QUERY_STRING) of a request target; cached (bounded)."""
+    """(RAW_URI, PATH_INFO, QUERY_STRING) of a request target."""
     if url[:1] == b"/":
         path, _, query = url.partition(b"?")
         if b"#" in url:
@@ -194,14 +226,4 @@ def split_url(url: bytes) -> tuple[str, str, str]:
         path, query = parsed.path or b"/", parsed.query or b""
     if b"%" in path:
         path = unquote_to_bytes(path)
-    entry = (url.decode("latin-1"), path.decode("latin-1"), query.decode("latin-1"))
-    if len(_URLS) >= URLS_CACHE:
-        _URLS.clear()
-    _URLS[url] = entry
-    return entry
-
-
-def _method(raw: bytes) -> str:
-    text = raw.decode("ascii")
-    _METHODS[raw] = text
-    return text
+    return url.decode("latin-1"), path.decode("latin-1"), query.decode("latin-1")

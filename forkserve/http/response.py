@@ -1,4 +1,11 @@
-"""Response pieces that are computed once and reused: status lines, the Date/Server tail, wsgi.file_wrapper."""
+"""Response pieces computed once and reused: status lines, header blocks, the Date/Server tail, file_wrapper.
+
+Why caches at all: rendering and validating an app's status and header list is most of the Python a small
+response costs, and an app answers with the same few (status, headers) values over and over. Why owned objects
+rather than module globals: a `Clock` and a `HeadCache` are created per worker (by its `Context`) and reached
+through it, so nothing on the request path mutates module state, a test can build a fresh one, and what a
+worker caches is visible from the object that owns it. Both are bounded.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +15,12 @@ from typing import Any
 
 SERVER = "forkserve"
 SERVER_LINE = f"Server: {SERVER}\r\n"
+STATUS_CACHE = 512  # distinct status strings whose validated status line is kept
+HEADS_CACHE = 512  # distinct (status, headers) pairs whose rendered header block is kept
 
-_STATUS: dict[str, tuple[str, int]] = {}  # app status string -> ("HTTP/1.1 200 OK\r\n", 200); bounded
-
-
-def status_entry(status: str) -> tuple[str, int]:
-    """Validate the app's status string once; cache "HTTP/1.1 <status>\\r\\n" and the numeric code."""
-    entry = _STATUS.get(status)
-    if entry is not None:
-        return entry
-    if type(status) is not str:
-        raise TypeError(f"status must be str, not {type(status).__name__}")
-    code_text = status[:3]
-    if (len(status) < 4 or status[3] != " " or not code_text.isdigit() or not code_text.isascii()
-            or int(code_text) < 100 or "\r" in status or "\n" in status):
-        raise ValueError(f"invalid status {status!r}: want '<3 digits> <reason>'")
-    entry = (f"HTTP/1.1 {status}\r\n", int(code_text))
-    if len(_STATUS) < 512:
-        _STATUS[status] = entry
-    return entry
-
+# render_head's result: (status line + the app's headers, code, the app's Content-Length or -1, keep-alive
+# allowed by the app, the Clock attribute that ends the block, bodyless status)
+Head = tuple[bytes, int, int, bool, str, bool]
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -41,8 +34,8 @@ def http_date(second: int) -> str:
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
-class _Clock:
-    """Date header and access-log timestamp, formatted at most once per second."""
+class Clock:
+    """Date header and access-log timestamp, formatted at most once per second (one per worker)."""
 
     __slots__ = ("blank_end", "date", "date_end", "end", "second", "server_end", "stamp", "tail")
 
@@ -63,22 +56,95 @@ class _Clock:
         self.date_end = f"{self.date}\r\n".encode("latin-1")
         self.stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
 
-
-CLOCK = _Clock()
-
-
-def date_tail() -> str:
-    """"Date: ...\\r\\nServer: forkserve\\r\\n" for the current second."""
-    now = time.time()
-    if int(now) != CLOCK.second:
-        CLOCK.update(now)
-    return CLOCK.tail
+    def date_tail(self) -> str:
+        """"Date: ...\\r\\nServer: forkserve\\r\\n" for the current second."""
+        now = time.time()
+        if int(now) != self.second:
+            self.update(now)
+        return self.tail
 
 
-def error_response(status: int, reason: str) -> bytes:
+def error_response(status: int, reason: str, clock: Clock) -> bytes:
     body = f"{status} {reason}\n"
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n{date_tail()}\r\n{body}").encode("latin-1")
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{clock.date_tail()}\r\n{body}").encode("latin-1")
+
+
+def status_line(status: str) -> tuple[str, int]:
+    """Validate the app's status string: ("HTTP/1.1 <status>\\r\\n", numeric code)."""
+    if type(status) is not str:
+        raise TypeError(f"status must be str, not {type(status).__name__}")
+    code_text = status[:3]
+    if (len(status) < 4 or status[3] != " " or not code_text.isdigit() or not code_text.isascii()
+            or int(code_text) < 100 or "\r" in status or "\n" in status):
+        raise ValueError(f"invalid status {status!r}: want '<3 digits> <reason>'")
+    return f"HTTP/1.1 {status}\r\n", int(code_text)
+
+
+def render_head(line: str, code: int, headers: Any) -> Head:
+    """Validate and render the app's headers once, behind its status line (see `Head`)."""
+    declared = -1
+    keep_ok = server = date = True
+    parts = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "content-length":
+            declared = int(value)
+            if declared < 0:
+                raise ValueError(f"negative Content-Length {value!r}")
+        elif lower == "connection":
+            if "close" in value.lower():
+                keep_ok = False
+            continue
+        elif lower == "transfer-encoding" or lower == "keep-alive":
+            continue  # hop-by-hop: the framing is ours
+        elif lower == "server":
+            server = False
+        elif lower == "date":
+            date = False
+        parts.append(f"{name}: {value}\r\n")
+    text = "".join(parts)
+    if text.count("\n") != len(parts) or text.count("\r") != len(parts):
+        raise ValueError("CR or LF inside a response header name or value")
+    bodyless = code < 200 or code == 204 or code == 304
+    if bodyless:
+        declared = -1
+    ends = ("end" if server else "date_end") if date else ("server_end" if server else "blank_end")
+    return (line + text).encode("latin-1"), code, declared, keep_ok, ends, bodyless
+
+
+class HeadCache:
+    """Validated status lines and rendered header blocks of one worker, keyed by value (bounded)."""
+
+    __slots__ = ("heads", "statuses")
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, tuple[str, int]] = {}
+        self.heads: dict[Any, Head] = {}
+
+    def status(self, status: str) -> tuple[str, int]:
+        entry = self.statuses.get(status)
+        if entry is None:
+            entry = status_line(status)
+            if len(self.statuses) < STATUS_CACHE:
+                self.statuses[status] = entry
+        return entry
+
+    def head(self, status: str, headers: Any) -> Head:
+        """render_head's result for this status and these headers; cached when they are hashable."""
+        items = tuple(headers)
+        key = (status, items)
+        heads = self.heads
+        try:
+            entry = heads.get(key)
+        except TypeError:  # a list or another unhashable thing among the headers: no caching
+            return render_head(*self.status(status), items)
+        if entry is None:
+            entry = render_head(*self.status(status), items)
+            if len(heads) >= HEADS_CACHE:
+                heads.clear()
+            heads[key] = entry
+        return entry
 
 
 class FileWrapper:

@@ -1,14 +1,19 @@
 """The worker process: boot (import the app) -> ready -> serve -> heartbeat; exit codes.
 
 `run(spec, listeners, channel, master_pid)` is called in the child right after fork and never returns. Steps:
-1. Signals back to their defaults (SIGPIPE stays ignored: a vanished client must not kill the worker), process
-   title `forkserve: worker [APP]`, the error log (the master's handlers are dropped: their files are closed in
-   the child) and the access log.
-2. chdir (also put on sys.path, as gunicorn does), pythonpath (prepended to sys.path), env (os.environ), for
-   gevent `monkey.patch_all()` *before* the app is imported, then `import module` and `getattr` along the
-   dotted attribute path (default attribute: `application`). Any failure: `boot_error` event with the last
-   lines of the traceback, exit EXIT_BOOT_ERROR.
-3. `ready` event, then the worker class serves (forkserve.workers.sync / .gevent).
+1. `Worker.setup_process`: signals back to their defaults (SIGPIPE stays ignored: a vanished client must not
+   kill the worker), process title `forkserve: worker [APP]`, the error log (the master's handlers are dropped:
+   their files are closed in the child) and the access log.
+2. `import_app`, once per app revision: chdir (also put on sys.path, as gunicorn does), pythonpath (prepended
+   to sys.path), env (os.environ), the worker class's `before_import()` (gevent: `monkey.patch_all()` *before*
+   the app is imported), then `import module` and `getattr` along the dotted attribute path (default attribute:
+   `application`). Any failure: `boot_error` event with the last lines of the traceback, exit EXIT_BOOT_ERROR.
+3. `Worker.start(app)`, once per worker: its request context (limits, counters, max_requests with jitter).
+4. `ready` event, then the worker class serves (`forkserve.workers.registry` finds it by name).
+
+Steps 2 and 3 are apart because of preload: the preload process (`forkserve.workers.zygote`) runs step 2 once
+and the workers it forks run only 1, 3 and 4. Importing, and so patching, a second time in a forked worker was
+a defect (a gevent MonkeyPatchWarning in every worker, one more ssl import hook, sys.path entries twice).
 
 Signals while serving: TERM = graceful (stop accepting at once, finish in-flight requests within
 graceful_timeout, close idle keep-alive connections, exit 0); INT and QUIT = exit now; USR1 = reopen the log
@@ -38,9 +43,11 @@ from typing import Any, NoReturn
 
 from forkserve.channel import WorkerEnd
 from forkserve.http.accesslog import AccessLog
-from forkserve.http.connection import Context
+from forkserve.http.context import Context
+from forkserve.http.response import Clock
 from forkserve.logs import reopen_file_handler
 from forkserve.spec import AppSpec
+from forkserve.workers.registry import WorkerClass, load
 
 EXIT_OK = 0
 EXIT_RECYCLE = 0  # retired after max_requests: a normal exit
@@ -54,8 +61,6 @@ LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S %z"
 _RESET = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGTTIN", "SIGTTOU",
           "SIGALRM", "SIGWINCH")
-_inherited_handlers: list[logging.Handler] = []  # kept alive: their streams' fds must never be closed by GC
-
 log = logging.getLogger("forkserve.worker")
 
 
@@ -76,21 +81,31 @@ class ErrorStream:
 
 
 class Worker:
-    """State shared by both worker classes."""
+    """One worker process (or the preload process): its channel, logs and, once started, request context.
+    State shared by both worker classes; what a worker class needs at run time it reaches through here."""
 
-    def __init__(self, spec: AppSpec, listeners: list[Any], channel: WorkerEnd, master_pid: int) -> None:
+    def __init__(self, spec: AppSpec, listeners: list[Any], channel: WorkerEnd, master_pid: int,
+                 retired_handlers: list[logging.Handler] | None = None) -> None:
         self.spec = spec
         self.listeners = listeners
         self.channel = channel
         self.master_pid = master_pid
         self.app: Any = None
         self.ctx: Context | None = None
+        self.clock = Clock()  # Date header and access-log timestamps of this process
         self.access: AccessLog | None = None
         self.handler: logging.StreamHandler | None = None  # type: ignore[type-arg]
         self.errors: ErrorStream | None = None
+        # the handlers of the parent process (master, or preload process), kept alive: their streams' fds were
+        # closed at fork and may be reused, so garbage collection must never close them
+        self.retired_handlers: list[logging.Handler] = [] if retired_handlers is None else retired_handlers
         self.reopen_requested = False
         self.recycle_sent = False
         self.next_check = 0.0
+
+    def forked(self, channel: WorkerEnd) -> Worker:
+        """A worker forked from this (preload) process: new channel, counters and logs; its parent is us."""
+        return Worker(self.spec, self.listeners, channel, os.getppid(), self.retired_handlers)
 
     # -- boot --
 
@@ -112,7 +127,7 @@ class Worker:
         root = logging.getLogger("forkserve")
         for old in list(root.handlers):
             root.removeHandler(old)
-            _inherited_handlers.append(old)
+            self.retired_handlers.append(old)
         handler: logging.StreamHandler = (  # type: ignore[type-arg]
             logging.StreamHandler(sys.stderr) if spec.error_log == "-"
             else logging.FileHandler(spec.error_log, encoding="utf-8"))
@@ -122,29 +137,11 @@ class Worker:
         root.propagate = False
         self.handler = handler
         self.errors = ErrorStream(handler)
-        self.access = AccessLog(spec.access_log) if spec.access_log else None
+        self.access = AccessLog(spec.access_log, self.clock) if spec.access_log else None
 
-    def load_app(self) -> Any:
+    def start(self, app: Any) -> None:
+        """This worker's request context for the imported `app` (per worker: counters, jitter, caches)."""
         spec = self.spec
-        if spec.chdir:
-            os.chdir(spec.chdir)
-            path = os.getcwd()
-            if path not in sys.path:
-                sys.path.insert(0, path)
-        for entry in reversed(spec.pythonpath):
-            sys.path.insert(0, entry)
-        os.environ.update(dict(spec.env))
-        if spec.worker_class == "gevent":
-            from forkserve.workers import gevent as worker_class
-        else:
-            from forkserve.workers import sync as worker_class  # type: ignore[no-redef]
-        worker_class.prepare()  # gevent: monkey-patch before the app's imports
-        module_name, _, attribute = spec.module.partition(":")
-        app: Any = importlib.import_module(module_name)
-        for part in (attribute or "application").split("."):
-            app = getattr(app, part)
-        if not callable(app):
-            raise TypeError(f"{spec.module} is not callable (it is {type(app).__name__})")
         self.app = app
         jitter = random.randint(0, spec.max_requests_jitter) if spec.max_requests > 0 else 0
         self.ctx = Context(
@@ -153,8 +150,7 @@ class Worker:
             timeout=spec.timeout, limit_line=spec.limit_request_line, limit_fields=spec.limit_request_fields,
             limit_field=spec.limit_request_field_size, access=self.access,
             max_requests=spec.max_requests + jitter if spec.max_requests > 0 else 0,
-            on_max_requests=self.max_requests_reached)
-        return worker_class
+            on_max_requests=self.max_requests_reached, clock=self.clock)
 
     # -- serving helpers --
 
@@ -201,7 +197,29 @@ class Worker:
         os._exit(code)
 
 
-def _boot_error(worker: Worker) -> NoReturn:
+def import_app(spec: AppSpec, worker_class: WorkerClass) -> Any:
+    """Import the app, once per process tree: in a worker, or in the preload process whose workers inherit it.
+    Changes process-wide state (cwd, sys.path, os.environ, the worker class's patching): never run it twice."""
+    if spec.chdir:
+        os.chdir(spec.chdir)
+        path = os.getcwd()
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for entry in reversed(spec.pythonpath):
+        sys.path.insert(0, entry)
+    os.environ.update(dict(spec.env))
+    worker_class.before_import()  # gevent: monkey-patch before the app's imports
+    module_name, _, attribute = spec.module.partition(":")
+    app: Any = importlib.import_module(module_name)
+    for part in (attribute or "application").split("."):
+        app = getattr(app, part)
+    if not callable(app):
+        raise TypeError(f"{spec.module} is not callable (it is {type(app).__name__})")
+    return app
+
+
+def boot_error(worker: Worker) -> NoReturn:
+    """In an `except` block of the boot: log the traceback's tail, tell the master, exit EXIT_BOOT_ERROR."""
     text = "".join(traceback.format_exc()).rstrip().splitlines()[-TRACEBACK_LINES:]
     message = "\n".join(text)
     with contextlib.suppress(Exception):
@@ -214,18 +232,20 @@ def run(spec: AppSpec, listeners: list[Any], channel: WorkerEnd, master_pid: int
     worker = Worker(spec, listeners, channel, master_pid)
     try:
         worker.setup_process()
+        worker_class = load(spec.worker_class)
         with warnings.catch_warnings(record=True) as caught:  # a warning must never fail a boot
             warnings.simplefilter("always")
-            worker_class = worker.load_app()
+            app = import_app(spec, worker_class)
         for item in caught:
             log.debug("warning during boot: %s", warnings.formatwarning(item.message, item.category, item.filename,
                                                                         item.lineno, item.line).strip())
+        worker.start(app)
     except BaseException:
-        _boot_error(worker)
+        boot_error(worker)
     serve_then_exit(worker, worker_class)
 
 
-def serve_then_exit(worker: Worker, worker_class: Any) -> NoReturn:
+def serve_then_exit(worker: Worker, worker_class: WorkerClass) -> NoReturn:
     """Tell the master we are ready, serve until stopped, exit with the worker class's code."""
     code = EXIT_WORKER_ERROR
     try:

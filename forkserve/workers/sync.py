@@ -20,17 +20,23 @@ import socket
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from forkserve.http.connection import Connection, base_environ, connection_environ
-from forkserve.workers.base import EXIT_OK, TICK_SECONDS
+from forkserve.http.connection import Connection
+from forkserve.http.context import base_environ, connection_environ
+from forkserve.workers.base import EXIT_OK, TICK_SECONDS, log
 
 if TYPE_CHECKING:
+    from forkserve.http.context import Context
     from forkserve.workers.base import Worker
 
 _DONTWAIT = socket.MSG_DONTWAIT
 
 
-def prepare() -> None:
+def before_import() -> None:
     """Nothing to do before the app is imported."""
+
+
+def after_fork() -> None:
+    """Nothing to do in a worker forked from the preload process."""
 
 
 class SyncConnection(Connection):
@@ -81,9 +87,38 @@ class SyncConnection(Connection):
             view = view[sent:]
 
 
-def serve(worker: Worker) -> int:  # noqa: C901
+def serve(worker: Worker) -> int:
     ctx = worker.ctx
     assert ctx is not None
+    wake_r = _install_signals(worker, ctx)
+    poller = select.poll()
+    by_fd: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
+    for listener in worker.listeners:
+        listener.setblocking(False)
+        if listener.family in (socket.AF_INET, socket.AF_INET6):
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
+        by_fd[listener.fileno()] = (listener, base_environ(listener, worker.errors))
+        poller.register(listener.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    tick = worker.tick
+    poll_ms = TICK_SECONDS * 1000
+    while not ctx.stopping:
+        tick()
+        for fd, _ in poller.poll(poll_ms):
+            if fd == wake_r:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+                continue
+            listener, base = by_fd[fd]
+            _accept_and_serve(worker, ctx, listener, base)
+    return EXIT_OK
+
+
+def _install_signals(worker: Worker, ctx: Context) -> int:
+    """TERM = graceful (with an alarm at graceful_timeout), INT/QUIT = exit now, USR1 = reopen the logs at the
+    next tick. Returns the read end of the signal wake-up pipe, which the accept loop polls."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -104,50 +139,26 @@ def serve(worker: Worker) -> int:  # noqa: C901
     signal.signal(signal.SIGINT, fast)
     signal.signal(signal.SIGQUIT, fast)
     signal.signal(signal.SIGUSR1, reopen)
+    return wake_r
 
-    poller = select.poll()
-    by_fd: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
-    for listener in worker.listeners:
-        listener.setblocking(False)
-        if listener.family in (socket.AF_INET, socket.AF_INET6):
-            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
-        by_fd[listener.fileno()] = (listener, base_environ(listener, worker.errors))
-        poller.register(listener.fileno(), select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
+
+def _accept_and_serve(worker: Worker, ctx: Context, listener: socket.socket, base: dict[str, Any]) -> None:
+    """Accept and serve connections on a listener that polled readable until it has none ready (EAGAIN: another
+    worker won the race, or the backlog is empty): under load that saves a poll per connection."""
+    accept = listener._accept  # type: ignore[attr-defined]
+    family, proto, sock_type, raw_socket = listener.family, listener.proto, socket.SOCK_STREAM, _socket.socket
     tick = worker.tick
-    poll_ms = TICK_SECONDS * 1000
-    raw_socket = _socket.socket
-    sock_type = socket.SOCK_STREAM
     while not ctx.stopping:
+        try:
+            sock_fd, address = accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:  # EMFILE, ECONNABORTED...: log, go back to poll
+            log.warning("accept failed: %s", exc)
+            return
+        # a plain blocking _socket.socket: none of socket.socket's Python-level wrapping per connection
+        sock = raw_socket(family, sock_type, proto, sock_fd)
+        conn = SyncConnection(ctx, sock, connection_environ(base, address))
+        conn.worker = worker
+        conn.serve()
         tick()
-        for fd, _ in poller.poll(poll_ms):
-            if fd == wake_r:
-                try:
-                    os.read(wake_r, 512)
-                except BlockingIOError:
-                    pass
-                continue
-            listener, base = by_fd[fd]
-            accept = listener._accept  # type: ignore[attr-defined]
-            family, proto = listener.family, listener.proto
-            while not ctx.stopping:
-                try:
-                    sock_fd, address = accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:  # EMFILE, ECONNABORTED...: log, go back to poll
-                    worker_log_accept_error(exc)
-                    break
-                # a plain blocking _socket.socket: none of socket.socket's Python-level wrapping per connection
-                sock = raw_socket(family, sock_type, proto, sock_fd)
-                conn = SyncConnection(ctx, sock, connection_environ(base, address))
-                conn.worker = worker
-                conn.serve()
-                tick()
-    return EXIT_OK
-
-
-def worker_log_accept_error(exc: OSError) -> None:
-    from forkserve.workers.base import log
-
-    log.warning("accept failed: %s", exc)

@@ -11,6 +11,10 @@ Protocol on the SEQPACKET socket pair (message boundaries kept by the kernel), m
     zygote -> master   b"exit N STATUS"          a worker it forked exited (STATUS as os.waitpid gives it)
 The zygote's own boot is reported like a worker's, on its own channel ("ready" / "boot_error").
 Workers forked here take the zygote as their parent: they exit when it goes, and it exits when the master goes.
+
+The zygote runs `import_app` (chdir, sys.path, env, the worker class's patching, the import) once; a worker it
+forks inherits all of that and only runs the worker class's `after_fork()` and its own per-worker start
+(`Worker.forked`, `setup_process`, `start`). It never imports or patches again.
 """
 
 from __future__ import annotations
@@ -25,22 +29,24 @@ from typing import Any, NoReturn
 
 from forkserve.channel import WorkerEnd, worker_end_from_fds
 from forkserve.spec import AppSpec
-from forkserve.workers.base import EXIT_OK, EXIT_PARENT_GONE, Worker, _boot_error, serve_then_exit
+from forkserve.workers.base import EXIT_OK, EXIT_PARENT_GONE, Worker, boot_error, import_app, serve_then_exit
+from forkserve.workers.registry import WorkerClass, load
 
 FD_SIZE = array.array("i").itemsize
 
 
 def run_zygote(spec: AppSpec, listeners: list[Any], channel: WorkerEnd, master_pid: int,
                control: socket.socket) -> NoReturn:
-    worker = Worker(spec, listeners, channel, master_pid)
+    zygote = Worker(spec, listeners, channel, master_pid)
     try:
-        worker.setup_process()
+        zygote.setup_process()
         _title(f"forkserve: preload [{spec.name}]")
+        worker_class = load(spec.worker_class)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            worker_class = worker.load_app()
+            app = import_app(spec, worker_class)
     except BaseException:
-        _boot_error(worker)
+        boot_error(zygote)
     channel.send("ready")
     # TERM (from the master, or to the whole process group from systemd or a shell): fork nothing more and
     # leave once our workers, which drain on their own TERM, are gone; leaving first would cut their requests.
@@ -52,20 +58,21 @@ def run_zygote(spec: AppSpec, listeners: list[Any], channel: WorkerEnd, master_p
     while True:
         channel.heartbeat()
         if os.getppid() != master_pid:
-            worker.exit(EXIT_PARENT_GONE)
+            zygote.exit(EXIT_PARENT_GONE)
         children -= _report_exits(control, calls)
         if stopping and not children:
-            worker.exit(EXIT_OK)
+            zygote.exit(EXIT_OK)
         readable, _, _ = calls.select([control], [], [], 0.2 if stopping else 0.5)
         if readable and not stopping:
-            pid = _serve_request(worker, worker_class, control, calls)
+            pid = _serve_request(zygote, app, worker_class, control, calls)
             if pid:
                 children.add(pid)
 
 
 class _Calls:
     """The zygote forks and reaps by itself. In a gevent app the patched fork/waitpid/select would watch and
-    reap children in the hub behind our back, so we use the originals and re-initialise gevent in each child."""
+    reap children in the hub behind our back, so we use the originals (and the gevent worker class's
+    `after_fork()` re-initialises gevent in each child)."""
 
     def __init__(self, gevent: bool) -> None:
         self.gevent = gevent
@@ -78,17 +85,12 @@ class _Calls:
         else:
             self.fork, self.waitpid, self.select = os.fork, os.waitpid, select.select
 
-    def after_fork_in_child(self) -> None:
-        if self.gevent:
-            import gevent
 
-            gevent.reinit()
-
-
-def _serve_request(worker: Worker, worker_class: Any, control: socket.socket, calls: _Calls) -> int:
+def _serve_request(zygote: Worker, app: Any, worker_class: WorkerClass, control: socket.socket,
+                   calls: _Calls) -> int:
     data, ancillary, _flags, _addr = control.recvmsg(64, socket.CMSG_SPACE(2 * FD_SIZE))
     if not data:
-        worker.exit(EXIT_PARENT_GONE)  # the master closed its end
+        zygote.exit(EXIT_PARENT_GONE)  # the master closed its end
     fds = array.array("i")
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -100,26 +102,24 @@ def _serve_request(worker: Worker, worker_class: Any, control: socket.socket, ca
     memfd, write_fd = fds
     pid = calls.fork()
     if pid == 0:
-        calls.after_fork_in_child()
+        worker_class.after_fork()
         control.close()
-        _worker(worker, worker_class, worker_end_from_fds(memfd, write_fd))
+        _worker(zygote, app, worker_class, worker_end_from_fds(memfd, write_fd))
     os.close(memfd)
     os.close(write_fd)
     control.send(f"pid {pid}".encode())
     return pid
 
 
-def _worker(worker: Worker, worker_class: Any, end: WorkerEnd) -> NoReturn:
-    """In the forked worker: the app is already imported; only the per-worker state is new."""
+def _worker(zygote: Worker, app: Any, worker_class: WorkerClass, end: WorkerEnd) -> NoReturn:
+    """In the forked worker: the app is already imported (and patched for); only the per-worker state is new."""
+    worker = zygote.forked(end)  # its master_pid is the zygote: when it goes, we go
     try:
-        worker.channel = end
-        worker.master_pid = os.getppid()  # the zygote: when it goes, we go
-        worker.recycle_sent = False
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         worker.setup_process()
-        worker.load_app()  # cached imports: this only builds the per-worker request context
+        worker.start(app)
     except BaseException:
-        _boot_error(worker)
+        boot_error(worker)
     serve_then_exit(worker, worker_class)
 
 

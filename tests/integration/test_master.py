@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import APPS, alive, get, pid_of, wait_until
+from tests.integration.conftest import APPS, alive, boot_failure, get, pid_of, wait_until
 
 TWO_APPS = """
 [server]
@@ -50,6 +50,7 @@ def test_two_apps_on_their_binds_both_serve(site_factory) -> None:
 
 def test_a_worker_killed_with_sigkill_is_replaced(site_factory) -> None:
     site = site_factory(TWO_APPS).start()
+    site.expect(r"app api: worker \d+ died unexpectedly \(killed by SIGKILL\)")
     wait_until(lambda: site.ready("web", 2) and site.ready("api", 2))
     before = site.children()
     victim = pid_of(get(site.address("api"))[1])
@@ -68,7 +69,7 @@ def test_a_hung_worker_is_killed_after_timeout_and_replaced(site_factory) -> Non
         workers = 1
         worker_class = "gevent"
         timeout = 2
-    """).start()
+    """, expect=[r"app web: worker \d+ silent too long"]).start()
     address = site.address("web")
     hung_pid = pid_of(get(address)[1])
 
@@ -103,7 +104,7 @@ def test_an_app_that_cannot_import_backs_off_while_the_other_serves(site_factory
         module = "broken:app"
         chdir = "@APPS@"
         binds = ["127.0.0.1:0"]
-    """).start()
+    """, expect=boot_failure("bad")).start()
     wait_until(lambda: "failures in a row; next try in" in site.log(), timeout=20, what="repeated boot failures")
     log = site.log()
     assert log.count("failed to boot") >= 2
@@ -134,6 +135,7 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(site_factory) -> 
 
 def test_workers_exit_when_the_master_is_killed(site_factory) -> None:
     site = site_factory(TWO_APPS).start()
+    site.expect(r"master \d+ is gone: exiting")  # each orphaned worker says why it leaves
     wait_until(lambda: site.ready("web", 2) and site.ready("api", 2))
     workers = site.children()
     assert len(workers) == 4

@@ -7,7 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
-from tests.integration.conftest import alive, get, pid_of, wait_until
+from tests.integration.conftest import alive, boot_failure, get, pid_of, wait_until
 from tests.integration.test_reconcile import Load
 
 
@@ -67,7 +67,11 @@ def test_a_code_change_rolls_through_a_new_preload_process_without_failures(site
 
 
 def test_killed_workers_and_a_killed_preload_process_are_replaced(site_factory) -> None:
-    site = site_factory(site_text()).start()
+    site = site_factory(site_text(), expect=[
+        r"app web: worker \d+ died unexpectedly \(killed by SIGKILL\)",
+        r"app web: preload process \d+ died \(killed by SIGKILL\)",
+        r"master \d+ is gone: exiting",  # the workers of the killed preload process (their parent) leave
+    ]).start()
     wait_until(lambda: site.ready("web", 2))
     address = site.address("web")
     victim = pid_of(get(address)[1])
@@ -82,7 +86,11 @@ def test_killed_workers_and_a_killed_preload_process_are_replaced(site_factory) 
 
 
 def test_a_preload_process_that_stops_answering_is_replaced_and_the_master_stays_responsive(site_factory) -> None:
-    site = site_factory(site_text()).start()
+    site = site_factory(site_text(), expect=[
+        r"app web: preload process \d+ did not answer a spawn request",
+        r"app web: preload process \d+ died",
+        r"master \d+ is gone: exiting",  # the workers of the killed preload process (their parent) leave
+    ]).start()
     wait_until(lambda: site.ready("web", 2))
     address, plain = site.address("web"), site.address("plain")
     zygote = parent_of(pid_of(get(address)[1]))
@@ -106,7 +114,7 @@ def _zygotes_of(address: tuple[str, int]) -> set[int]:
 
 
 def test_a_preloaded_app_that_cannot_import_backs_off_and_the_other_app_serves(site_factory) -> None:
-    site = site_factory(site_text(module="broken:app")).start(wait_ready=False)
+    site = site_factory(site_text(module="broken:app"), expect=boot_failure("web")).start(wait_ready=False)
     wait_until(lambda: site.log().count("preload process") >= 2 and "failed to boot" in site.log(), timeout=20)
     assert "this app cannot be imported" in site.log()
     wait_until(lambda: site.ready("plain", 1))
@@ -125,3 +133,47 @@ def test_term_to_the_whole_process_group_lets_a_preloaded_request_finish(site_fa
     thread.join(timeout=15)
     assert result["response"][0] == 200  # type: ignore[index]
     assert site.proc is not None and site.proc.wait(timeout=15) == 0
+
+
+HOOKS_APP = '''
+import os
+import sys
+
+
+def app(environ, start_response):
+    hooks = sum(type(finder).__name__ == "_PatchSslOnImport" for finder in sys.meta_path)
+    paths = sys.path.count(os.environ["APP_DIR"])
+    body = f"hooks={hooks} paths={paths} pid={os.getpid()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def test_gevent_workers_forked_from_a_preload_process_patch_only_once(site_factory, tmp_path: Path) -> None:
+    """The preload process imports the app (and monkey-patches) once; its workers do neither again: no
+    "Patching more than once" MonkeyPatchWarning, one ssl import hook, the app's paths on sys.path once."""
+    (tmp_path / "hooks_app.py").write_text(HOOKS_APP)
+    site = site_factory("""
+        [apps.web]
+        module = "hooks_app:app"
+        chdir = "@DIR@"
+        pythonpath = ["@APPS@"]
+        binds = ["127.0.0.1:0"]
+        workers = 2
+        worker_class = "gevent"
+        preload = true
+        env = { APP_DIR = "@APPS@" }
+    """).start()
+    wait_until(lambda: site.ready("web", 2))
+    address = site.address("web")
+    bodies: dict[int, str] = {}
+
+    def both_answered() -> bool:
+        body = get(address)[1]
+        bodies[pid_of(body)] = body
+        return len(bodies) == 2
+
+    wait_until(both_answered, what="both workers to answer")
+    assert "MonkeyPatchWarning" not in site.log(), site.log()
+    for body in bodies.values():
+        assert body.startswith("hooks=1 paths=1 "), body

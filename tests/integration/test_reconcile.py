@@ -14,7 +14,7 @@ from typing import Any
 
 from forkserve.control.client import call, socket_path
 from forkserve.control.protocol import Request
-from tests.integration.conftest import APPS, Site, get, pid_of, wait_until
+from tests.integration.conftest import APPS, Site, boot_failure, get, pid_of, wait_until
 
 
 def app_block(name: str, workers: int = 2, tag: str = "v1", binds: str = '"127.0.0.1:0"', extra: str = "") -> str:
@@ -104,7 +104,7 @@ def test_a_spec_change_rolls_with_no_failed_request(site_factory) -> None:
 
 
 def test_an_invalid_edit_changes_nothing_and_a_fix_applies(site_factory) -> None:
-    site = site_factory(app_block("web", 2)).start()
+    site = site_factory(app_block("web", 2), expect=[r"site file is invalid; nothing changed"]).start()
     wait_until(lambda: site.ready("web", 2))
     before = worker_pids(site)
     site.write(app_block("web", 2).replace("workers = 2", 'workers = "lots"'))
@@ -178,7 +178,7 @@ def test_a_slow_booting_app_rolls_without_a_stall(site_factory) -> None:
 
 
 def test_new_code_that_cannot_boot_leaves_the_old_workers_serving(site_factory) -> None:
-    site = site_factory(app_block("web", 2)).start()
+    site = site_factory(app_block("web", 2), expect=boot_failure("web")).start()
     wait_until(lambda: site.ready("web", 2))
     before = worker_pids(site)
     address = site.address("web")
@@ -195,7 +195,8 @@ def test_new_code_that_cannot_boot_leaves_the_old_workers_serving(site_factory) 
 
 
 def test_an_old_worker_lost_during_a_bad_deploy_is_replaced_from_the_old_code(site_factory) -> None:
-    site = site_factory(app_block("web", 2)).start()
+    site = site_factory(app_block("web", 2), expect=boot_failure("web")).start()
+    site.expect(r"app web: worker \d+ died unexpectedly \(killed by SIGKILL\)")
     wait_until(lambda: site.ready("web", 2))
     before = worker_pids(site)
     address = site.address("web")
@@ -220,7 +221,7 @@ def test_an_old_worker_lost_during_a_bad_deploy_is_replaced_from_the_old_code(si
 
 
 def test_a_file_watcher_that_cannot_start_falls_back_to_the_stat_check(site_factory) -> None:
-    site = site_factory(app_block("web", 1))
+    site = site_factory(app_block("web", 1), expect=[r"cannot watch \S+ for changes \(\[Errno 28\]"])
     refuse = ("import sys\nimport forkserve.watch\n"
               "def start(self): raise OSError(28, 'inotify watch limit reached')\n"
               "forkserve.watch.SiteWatcher.start = start\n"
@@ -247,7 +248,7 @@ def test_identical_rewrite_and_touch_change_nothing(site_factory) -> None:
 
 
 def test_a_deleted_site_file_keeps_the_site_running(site_factory) -> None:
-    site = site_factory(app_block("web", 1)).start()
+    site = site_factory(app_block("web", 1), expect=[r"site file \S+ is gone or unreadable"]).start()
     wait_until(lambda: site.ready("web", 1))
     before = worker_pids(site)
     os.unlink(site.path)

@@ -1,7 +1,7 @@
 """The gevent worker's monkey-patching: ssl patched on first import, plugins found without importlib.metadata.
 
 Each check runs in a fresh interpreter: the test process itself may already have imported ssl or
-importlib.metadata, which would send prepare() down its eager path.
+importlib.metadata, which would send patch() down its eager path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from forkserve.workers.gevent import load_entry_point, plugin_entry_points
+from forkserve.workers.gevent_patch import load_entry_point, plugin_entry_points
 from tests.workers.conftest import read_responses
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -32,8 +32,8 @@ def run_python(code: str, *path: Path) -> str:
 
 def test_prepare_defers_ssl_and_skips_importlib_metadata() -> None:
     out = run_python("""
-        from forkserve.workers.gevent import prepare
-        prepare()
+        from forkserve.workers.gevent_patch import patch
+        patch()
         print("ssl" in sys.modules, "importlib.metadata" in sys.modules)
         from gevent import monkey
         print(monkey.is_module_patched("socket"), monkey.is_module_patched("ssl"))
@@ -43,8 +43,8 @@ def test_prepare_defers_ssl_and_skips_importlib_metadata() -> None:
 
 def test_ssl_is_patched_before_the_importer_sees_it() -> None:
     out = run_python("""
-        from forkserve.workers.gevent import prepare
-        prepare()
+        from forkserve.workers.gevent_patch import patch
+        patch()
         from ssl import SSLContext, SSLSocket  # the names a module binds at import time
         import gevent.ssl, ssl, http.client
         from gevent import monkey
@@ -60,10 +60,10 @@ def test_ssl_imported_before_prepare_is_patched_at_once() -> None:
     out = run_python("""
         import warnings
         import ssl
-        from forkserve.workers.gevent import prepare
+        from forkserve.workers.gevent_patch import patch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # gevent's own "ssl already imported" warning: expected here
-            prepare()
+            patch()
         from gevent import monkey
         import gevent.ssl
         print(monkey.is_module_patched("ssl"), ssl.SSLContext is gevent.ssl.SSLContext)
@@ -73,8 +73,8 @@ def test_ssl_imported_before_prepare_is_patched_at_once() -> None:
 
 def test_app_importing_gevent_ssl_first_still_gets_ssl_patched() -> None:
     out = run_python("""
-        from forkserve.workers.gevent import patch_ssl_if_imported, prepare
-        prepare()
+        from forkserve.workers.gevent_patch import patch, patch_ssl_if_imported
+        patch()
         import gevent.ssl  # imports ssl from inside gevent.ssl: the hook leaves it to serve()
         patch_ssl_if_imported()
         import ssl
@@ -114,8 +114,8 @@ def write_plugin(root: Path, dist: str = "fake_plugin-1.0") -> None:
 def test_plugins_are_called_as_gevent_would(tmp_path: Path) -> None:
     write_plugin(tmp_path)
     out = run_python("""
-        from forkserve.workers.gevent import prepare
-        prepare()
+        from forkserve.workers.gevent_patch import patch
+        patch()
         import fakeplugin
         print(",".join(fakeplugin.calls), "importlib.metadata" in sys.modules)
     """, tmp_path)

@@ -22,11 +22,16 @@ def test_http_date_is_imf_fixdate() -> None:
         assert http_date(second) == formatdate(second, usegmt=True)
 
 
-def serve_once(app, raw: bytes) -> bytes:  # type: ignore[no-untyped-def]
+def lean_context(app):  # type: ignore[no-untyped-def]
+    """One worker's context: its caches live as long as it, across connections."""
     ctx = stopping_context(keepalive=2.0)
     ctx.stopping = False
     ctx.app = app
     ctx.log = logging.getLogger("tests.lean_path")
+    return ctx
+
+
+def serve_once(ctx, raw: bytes) -> bytes:  # type: ignore[no-untyped-def]
     server, client = socket.socketpair()
     with client:
         client.sendall(raw)
@@ -45,10 +50,11 @@ def test_cached_header_block_follows_a_mutated_headers_list() -> None:
         start_response("200 OK", headers)
         return [b"ok"]
 
-    first = serve_once(app, GET)
+    ctx = lean_context(app)
+    first = serve_once(ctx, GET)
     headers[1] = ("X-A", "2")  # the same list object, changed in place
     headers.append(("X-B", "3"))
-    second = serve_once(app, GET)
+    second = serve_once(ctx, GET)
     assert b"\r\nX-A: 1\r\n" in first and b"X-B" not in first
     assert b"\r\nX-A: 2\r\n" in second and b"\r\nX-B: 3\r\n" in second
 
@@ -60,9 +66,10 @@ def test_bad_header_after_a_cached_good_one_is_still_rejected() -> None:
         start_response("200 OK", [("Content-Length", "2"), ("X-V", value[0])])
         return [b"ok"]
 
-    assert serve_once(app, GET).startswith(b"HTTP/1.1 200")
+    ctx = lean_context(app)
+    assert serve_once(ctx, GET).startswith(b"HTTP/1.1 200")
     value[0] = "evil\r\nSet-Cookie: x=1"
-    reply = serve_once(app, GET)
+    reply = serve_once(ctx, GET)
     assert reply.startswith(b"HTTP/1.1 500")
     assert b"Set-Cookie" not in reply
 
@@ -76,9 +83,10 @@ def test_headers_given_as_lists_or_a_generator() -> None:
         start_response("200 OK", (pair for pair in [("Content-Length", "2"), ("X-G", "1")]))
         return [b"ok"]
 
+    with_lists, with_generator = lean_context(lists), lean_context(generator)
     for _ in range(2):
-        assert b"\r\nX-L: 1\r\n" in serve_once(lists, GET)
-        assert b"\r\nX-G: 1\r\n" in serve_once(generator, GET)
+        assert b"\r\nX-L: 1\r\n" in serve_once(with_lists, GET)
+        assert b"\r\nX-G: 1\r\n" in serve_once(with_generator, GET)
 
 
 def test_same_headers_different_framing() -> None:
@@ -89,9 +97,10 @@ def test_same_headers_different_framing() -> None:
         start_response("200 OK", headers)
         return [b"hello"]
 
-    http11 = serve_once(app, GET)
-    http10 = serve_once(app, b"GET / HTTP/1.0\r\n\r\n")
-    head = serve_once(app, b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+    ctx = lean_context(app)
+    http11 = serve_once(ctx, GET)
+    http10 = serve_once(ctx, b"GET / HTTP/1.0\r\n\r\n")
+    head = serve_once(ctx, b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert b"\r\nContent-Length: 5\r\n" in http11 and http11.endswith(b"\r\n\r\nhello")
     assert b"\r\nContent-Length: 5\r\n" in http10 and b"Connection: close" in http10
     assert b"Content-Length" not in head and head.endswith(b"\r\n\r\n")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import sys
 
-from forkserve.http.connection import Connection, Context
+from forkserve.http.connection import Connection
+from forkserve.http.context import Context
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -1,0 +1,68 @@
+"""What the request path needs from its worker (`Context`) and the parts of the environ fixed per listener.
+
+One `Context` per worker process, built after its app is imported; every connection of that worker reads it
+on every request, so it is a plain object with attributes (no properties, no dict lookups). It also owns the
+worker's request-path caches (parsed header names and targets, rendered header blocks) and its `Clock`: state
+that used to be module globals, now created per worker and reached through the connection's `ctx`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from forkserve.http.parse import ParseCache
+from forkserve.http.response import Clock, FileWrapper, HeadCache
+
+
+class Context:
+    """The worker's app, counters, limits, logs and caches, as plain attributes (read on every request)."""
+
+    def __init__(self, app: Callable[..., Any], slot: Any, record: Callable[[int, float], None],
+                 log: Any, *, keepalive: float, timeout: float, limit_line: int, limit_fields: int,
+                 limit_field: int, access: Callable[..., None] | None, max_requests: int,
+                 on_max_requests: Callable[[], None], clock: Clock | None = None) -> None:
+        self.app = app
+        self.slot = slot
+        self.record = record
+        self.log = log
+        self.keepalive = keepalive  # 0: no keep-alive (the sync worker always uses 0)
+        self.timeout = timeout  # first request and request bodies: most seconds a read may wait
+        self.limit_line = limit_line
+        self.limit_fields = limit_fields
+        self.limit_field = limit_field
+        self.access = access
+        self.max_requests = max_requests if max_requests > 0 else -1
+        self.on_max_requests = on_max_requests
+        self.served = 0
+        self.stopping = False  # graceful stop: finish the request in hand, then close
+        self.clock = clock if clock is not None else Clock()  # shared with the access log when there is one
+        self.heads = HeadCache()
+        self.parse_cache = ParseCache()
+
+
+def base_environ(listener: socket.socket, errors: Any) -> dict[str, Any]:
+    """The part of the environ that is the same for every request on one listener."""
+    if listener.family == socket.AF_UNIX:
+        name, port = "localhost", ""
+    else:
+        address = listener.getsockname()
+        name, port = address[0], str(address[1])
+    return {
+        "SERVER_NAME": name, "SERVER_PORT": port, "SCRIPT_NAME": "",
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": errors,
+        "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
+        "wsgi.input_terminated": True, "wsgi.file_wrapper": FileWrapper,
+    }
+
+
+def connection_environ(base: dict[str, Any], address: Any) -> dict[str, Any]:
+    env = base.copy()
+    if isinstance(address, tuple):
+        env["REMOTE_ADDR"] = address[0]
+        env["REMOTE_PORT"] = str(address[1])
+    else:
+        env["REMOTE_ADDR"] = ""
+        env["REMOTE_PORT"] = ""
+    return env
