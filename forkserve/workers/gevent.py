@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 from forkserve.http.body import ClientDisconnected
 from forkserve.http.connection import STOP_IDLE_GRACE, Connection
 from forkserve.http.context import base_environ, connection_environ
-from forkserve.workers.base import EXIT_OK, TICK_SECONDS, log
 from forkserve.workers.gevent_patch import patch, patch_ssl_if_imported
+from forkserve.workers.worker import EXIT_OK, TICK_SECONDS, log
 
 if TYPE_CHECKING:
     from forkserve.http.context import Context
-    from forkserve.workers.base import Worker
+    from forkserve.workers.worker import Worker
 
 READ = 1  # libev EV_READ
 WRITE = 2  # libev EV_WRITE

@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
-    from forkserve.workers.base import Worker
+    from forkserve.workers.worker import Worker
 
 CLASSES: dict[str, str] = {  # name -> module; the names are those the config accepts
     "sync": "forkserve.workers.sync",

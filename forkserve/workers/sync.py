@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from forkserve.http.connection import Connection
 from forkserve.http.context import base_environ, connection_environ
-from forkserve.workers.base import EXIT_OK, TICK_SECONDS, log
+from forkserve.workers.worker import EXIT_OK, TICK_SECONDS, log
 
 if TYPE_CHECKING:
     from forkserve.http.context import Context
-    from forkserve.workers.base import Worker
+    from forkserve.workers.worker import Worker
 
 _DONTWAIT = socket.MSG_DONTWAIT
 
