@@ -15,7 +15,7 @@ Text exposition format 0.0.4. Families:
     forkserve_in_flight_requests{app}             gauge
     forkserve_connections{app}                    gauge
     forkserve_restarts_total{app,cause}           counter  crash | timeout | boot_timeout | max_requests | rolled
-    forkserve_reloads_total{result}               counter  applied | invalid | missing (explicit reloads and
+    forkserve_reloads_total{result}               counter  applied | invalid | missing | error (explicit reloads and
                                                            file changes; a file event with the same content
                                                            is not counted)
     forkserve_loop_errors_total                   counter  master loop steps that raised, logged and survived
@@ -123,7 +123,7 @@ class Metrics:
         for name, spec in sorted(snap.desired.apps.items()):
             out.sample("forkserve_app_info", {"app": name, "revision": spec.revision}, 1)
         out.family("forkserve_master_start_time_seconds", "gauge", "Start time of the master, Unix seconds.")
-        out.sample("forkserve_master_start_time_seconds", {}, snap.to_wall(snap.started_at))
+        out.sample("forkserve_master_start_time_seconds", {}, snap.started_wall)
 
 
 def _le(bound: float) -> str:

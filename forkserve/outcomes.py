@@ -64,6 +64,8 @@ class ReloadKind(str, Enum):
     INVALID = "invalid"  # nothing changed; the last good revision keeps running
     MISSING = "missing"  # the file is gone or unreadable; the running site keeps running
     PENDING = "pending"  # the file is being validated (in a child); the outcome follows
+    STOPPING = "stopping"  # the master is stopping: nothing is applied any more
+    ERROR = "error"  # applying raised inside the master (a bug: logged with its traceback); nothing changed
 
     def __str__(self) -> str:
         return self.value
@@ -90,17 +92,22 @@ class ReloadOutcome:
             return "site file missing: keeping the running site"
         if self.kind is ReloadKind.PENDING:
             return "validating the site file"
+        if self.kind is ReloadKind.STOPPING:
+            return "the master is stopping: nothing applied"
+        if self.kind is ReloadKind.ERROR:
+            return f"reload failed inside the master (see its log); still running revision {self.revision}"
         return "unchanged"
 
     @property
     def counted(self) -> bool:
         """Is it a reload for the metrics (a file event with the same content is not)?"""
-        return self.kind not in (ReloadKind.UNCHANGED, ReloadKind.PENDING)
+        return self.kind not in (ReloadKind.UNCHANGED, ReloadKind.PENDING, ReloadKind.STOPPING)
 
     @property
     def result_label(self) -> str:
-        """`forkserve_reloads_total{result}`: applied | invalid | missing."""
-        return {ReloadKind.INVALID: "invalid", ReloadKind.MISSING: "missing"}.get(self.kind, "applied")
+        """`forkserve_reloads_total{result}`: applied | invalid | missing | error."""
+        return {ReloadKind.INVALID: "invalid", ReloadKind.MISSING: "missing", ReloadKind.ERROR: "error"}.get(
+            self.kind, "applied")
 
     def to_wire(self) -> dict[str, str]:
         """The `reload` reply of the control protocol: {"result": line, "outcome": kind, "revision": ...}."""
@@ -108,13 +115,22 @@ class ReloadOutcome:
 
     @classmethod
     def from_wire(cls, reply: dict[str, object]) -> ReloadOutcome:
-        return cls(ReloadKind(str(reply.get("outcome", "applied"))), str(reply.get("revision", "")))
+        """A reply of this version's master; one of a master from before `outcome` existed is read by its line."""
+        kind = reply.get("outcome")
+        if kind is None:
+            line = str(reply.get("result", ""))
+            kind = "invalid" if line.startswith("invalid") else "missing" if line.startswith("site file missing") \
+                else "applied"
+        try:
+            return cls(ReloadKind(str(kind)), str(reply.get("revision", "")))
+        except ValueError:  # a kind newer than this client: it says what it did in its line
+            return cls(ReloadKind.APPLIED, str(reply.get("revision", "")))
 
     @property
     def failed(self) -> bool:
         """Nothing was applied although the operator asked (`forkserve reload` exits 1)."""
-        return self.kind in (ReloadKind.INVALID, ReloadKind.MISSING)
+        return self.kind in (ReloadKind.INVALID, ReloadKind.MISSING, ReloadKind.STOPPING, ReloadKind.ERROR)
 
 
-RELOAD_RESULTS = ("applied", "invalid", "missing")
+RELOAD_RESULTS = ("applied", "invalid", "missing", "error")
 RESTART_CAUSES = tuple(cause.value for cause in RestartCause)

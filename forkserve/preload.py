@@ -158,3 +158,9 @@ class Preloads:
 
     def pids(self) -> list[int]:
         return [record.zygote.pid for record in self.zygotes.values()]
+
+    def forget_all(self) -> None:
+        """The master drained every child by hand (its loop gave up): drop the records without signalling."""
+        for record in self.zygotes.values():
+            self._forget(record)
+        self.zygotes.clear()

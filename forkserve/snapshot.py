@@ -74,6 +74,7 @@ class Snapshot:
     wall: float  # time.time() at the same moment
     pid: int
     started_at: float  # monotonic
+    started_wall: float  # time.time() at start: fixed, so a clock step never moves it
     control_socket: str | None
     site: SiteSnapshot
     desired: DesiredState

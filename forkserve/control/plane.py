@@ -111,12 +111,19 @@ class ControlPlane:
 
     def _plan(self, request: Request, respond: Reply) -> None:
         def validated(result: LoadedSite | ConfigError) -> None:
-            snap = self.commands.snapshot()
-            if isinstance(result, ConfigError):
-                respond(invalid_report(request.path, [d.format() for d in result.diagnostics], snap.site.revision))
-            else:
-                respond(plan_report(request.path, result, snap.desired, self.commands.server_settings,
-                                    self.commands.observed(), time.monotonic()))
+            try:
+                snap = self.commands.snapshot()
+                if isinstance(result, ConfigError):
+                    report = invalid_report(request.path, [d.format() for d in result.diagnostics],
+                                            snap.site.revision)
+                else:
+                    report = plan_report(request.path, result, snap.desired, self.commands.server_settings,
+                                         self.commands.observed(), time.monotonic())
+            except Exception as exc:  # runs later, outside the server's own guard: answer with the error
+                log.exception("control command plan failed")
+                respond(exc)
+                return
+            respond(report)
 
         if not self.commands.plan_file(request.text.encode(), request.path, validated):
             raise RuntimeError("too many site files are being validated right now; try again")

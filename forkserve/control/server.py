@@ -41,9 +41,10 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 log = logging.getLogger("forkserve")
 
-Reply = Callable[[dict[str, Any]], None]
+Reply = Callable[[dict[str, Any] | Exception], None]
 # A command gets the request and a `respond` callable; it calls `respond(result)` once, at once or later (a
-# reload or a plan waiting for a validating child), so no command ever blocks the loop.
+# reload or a plan waiting for a validating child), so no command ever blocks the loop. `respond(exc)` sends an
+# error reply (a command that fails later, outside `handle`, still answers).
 Dispatch = Callable[[Request, Reply], None]
 
 
@@ -131,6 +132,7 @@ class _Connection:
         self.server.handle(message, self._answer)
 
     def _answer(self, message: dict[str, Any]) -> None:
+        """The reply to the request being handled; then the requests that waited behind it."""
         if self.sock.fileno() < 0:
             return  # the client went away while its command ran
         self.waiting = False
@@ -155,7 +157,7 @@ class _Connection:
                 self.close()
                 return
             del self.out[:sent]
-        if self.closing and not self.out:
+        if self.closing and not self.out and not self.waiting:  # a half-closed client still gets its late reply
             if self.eof:
                 self.close()
                 return
@@ -166,9 +168,16 @@ class _Connection:
                 except OSError:
                     self.close()
                     return
-        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
+        # after EOF the socket stays readable: watching it would spin the loop while a reply is owed
+        wanted = (0 if self.eof else selectors.EVENT_READ) | (selectors.EVENT_WRITE if self.out else 0)
         if wanted != self.registered_events:
-            self.server.selector.modify(self.sock, wanted, self.on_event)
+            selector = self.server.selector
+            if not wanted:
+                selector.unregister(self.sock)
+            elif not self.registered_events:
+                selector.register(self.sock, wanted, self.on_event)
+            else:
+                selector.modify(self.sock, wanted, self.on_event)
             self.registered_events = wanted
 
     def close(self) -> None:
@@ -236,7 +245,7 @@ class ControlServer(LoopConnections):
                 connection.closing = True  # its requests are read and dropped, never handled
                 connection.on_event()
 
-    def handle(self, message: dict[str, Any], respond: Reply) -> None:
+    def handle(self, message: dict[str, Any], respond: Callable[[dict[str, Any]], None]) -> None:
         try:
             request = protocol.parse_request(message)
         except ProtocolError as exc:
@@ -244,10 +253,13 @@ class ControlServer(LoopConnections):
             return
         answered = False
 
-        def ok(result: dict[str, Any]) -> None:
+        def ok(result: dict[str, Any] | Exception) -> None:
             nonlocal answered
             answered = True
-            respond(protocol.ok(result))
+            if isinstance(result, Exception):
+                respond(protocol.error(f"{request.command} failed in the master: {result}"))
+            else:
+                respond(protocol.ok(result))
 
         try:
             self.dispatch(request, ok)

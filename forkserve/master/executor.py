@@ -20,11 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from forkserve import process
 from forkserve.channel import MasterEnd
 from forkserve.config.binds import BindAddress
 from forkserve.master.records import Records
 from forkserve.outcomes import KillReason, RestartCause
 from forkserve.plan import Action, CloseListener, Kill, OpenListener, Retire, Spawn
+from forkserve.preload import Preloads
 from forkserve.sockets import BindError, Listener
 from forkserve.spec import AppSpec, DesiredState
 from forkserve.state import Phase
@@ -43,6 +45,16 @@ class Spawner(Protocol):
     def spawn(self, spec: AppSpec, sockets: list[socket.socket], now: float) -> Spawned | None:
         """A forked worker; None when it cannot be had yet (a preload process still starting). OSError: fork
         failed."""
+
+
+class ForkSpawner:
+    """The real spawner: fork a worker directly, or through its revision's preload process."""
+
+    def __init__(self, preloads: Preloads) -> None:
+        self.preloads = preloads
+
+    def spawn(self, spec: AppSpec, sockets: list[socket.socket], now: float) -> Spawned | None:
+        return self.preloads.spawn(spec, sockets, now) if spec.preload else process.spawn(spec, sockets)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ wake-up re-plans from the records, which is how a level-triggered loop recovers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import selectors
@@ -35,21 +36,19 @@ from forkserve import process
 from forkserve.config.errors import ConfigError
 from forkserve.config.validate import Validated, Validation, load_site, read_site, signature
 from forkserve.logs import ErrorLog
-from forkserve.master import children
-from forkserve.master.children import import_worker_side, set_title
-from forkserve.master.executor import Executor, Ports
+from forkserve.master.children import drain, import_worker_side, kill_now, set_title
+from forkserve.master.executor import Executor, ForkSpawner, Ports
 from forkserve.master.records import Records, indent
 from forkserve.master.sitefile import Reloads, SiteFile, Validations
-from forkserve.outcomes import ReloadOutcome
+from forkserve.outcomes import ReloadKind, ReloadOutcome
 from forkserve.plan import OpenListener, plan
 from forkserve.preload import Preloads
 from forkserve.snapshot import Snapshot
 from forkserve.sockets import BindError, close_listener, open_listener, systemd_fds
-from forkserve.spec import AppSpec, DesiredState, LoadedSite, ServerSettings
+from forkserve.spec import DesiredState, LoadedSite, ServerSettings
 from forkserve.state import Observed
 
 if TYPE_CHECKING:  # imported once the first workers are forked: off the start-up critical path
-    import socket
 
     from forkserve.control.plane import ControlPlane
     from forkserve.watch import SiteWatcher
@@ -65,16 +64,6 @@ class StartupError(Exception):
     """forkserve up cannot start: nothing is left running."""
 
 
-class _Spawner:
-    """Fork a worker directly, or through its revision's preload process."""
-
-    def __init__(self, preloads: Preloads) -> None:
-        self.preloads = preloads
-
-    def spawn(self, spec: AppSpec, sockets: list[socket.socket], now: float) -> process.Spawned | None:
-        return self.preloads.spawn(spec, sockets, now) if spec.preload else process.spawn(spec, sockets)
-
-
 class Master:
     def __init__(self, site_path: str) -> None:
         self.site = SiteFile(os.path.abspath(site_path))
@@ -83,15 +72,16 @@ class Master:
         self.records = Records(self)
         self.preloads = Preloads(self)
         self.inherited_fds = systemd_fds()
-        self.executor = Executor(self.records, _Spawner(self.preloads), Ports(
+        self.executor = Executor(self.records, ForkSpawner(self.preloads), Ports(
             open_listener=lambda bind, spec: open_listener(bind, spec.backlog, spec.unix_socket_mode,
                                                            self.inherited_fds),
             close_listener=close_listener, send_signal=process.send_signal))
         self.validations = Validations(self.selector)
         self.reloads = Reloads(self.site, self.validations, self._apply, self._before_reload, self._after_reload,
-                               self.records.backoff.clear)
+                               self.records.backoff.clear, stopping=self.stopping)
         self.error_log = ErrorLog()
         self.started_at = time.monotonic()
+        self.started_wall = time.time()
         self.pending_signals: list[int] = []
         self.reload_requested = False
         self.file_event_at: float | None = None
@@ -99,6 +89,7 @@ class Master:
         self.watching = False  # [server] watch: file events, or the timer's stat check alone if the watcher failed
         self.control: ControlPlane | None = None  # control socket, metrics, sd_notify (forkserve.control.plane)
         self.step_failures: dict[str, int] = {}  # step -> consecutive failures
+        self.gave_up = False  # a step kept failing: the master stops (exit 1) and, if need be, drains by hand
         self.loop_errors = 0
         self.last_loop_error = ""
         self.wake_r, self.wake_w = os.pipe()
@@ -175,7 +166,7 @@ class Master:
         if self.control:
             self.control.close()
             self.control = None
-        children.kill_now([*self.records.workers, *self.preloads.pids()])
+        kill_now([*self.records.workers, *self.preloads.pids()])
         self.records.workers.clear()
         self.preloads.zygotes.clear()
         self._close_all_listeners()
@@ -216,8 +207,10 @@ class Master:
     def _drain_all(self) -> None:
         """The last resort when the loop cannot go on (see `children.drain`)."""
         grace = self.site.server.graceful_timeout if self.site.server else 30.0
-        children.drain({*self.records.workers, *self.preloads.pids()}, grace)
+        drain({*self.records.workers, *self.preloads.pids()}, grace)
+        self.records.close_ends()
         self.records.workers.clear()
+        self.preloads.forget_all()  # reaped by the drain: never signalled again
 
     # ---- the loop ----------------------------------------------------------------------------------------
 
@@ -227,7 +220,7 @@ class Master:
             self.turn(wait)
             wait = TICK
             if self.desired.stopping and not self.records.workers and not self.preloads.zygotes:
-                return 1 if self.step_failures and max(self.step_failures.values()) >= MAX_STEP_FAILURES else 0
+                return 1 if self.gave_up else 0
 
     def turn(self, wait: float) -> None:
         """One iteration: every step guarded on its own, so one that raises costs only itself."""
@@ -261,8 +254,10 @@ class Master:
                       indent(traceback.format_exc().rstrip()))
             if failures == MAX_STEP_FAILURES:
                 log.critical("master loop step %r failed %d times in a row: stopping gracefully", name, failures)
+                self.gave_up = True
                 self.request_stop(fast=False)
             elif failures >= 2 * MAX_STEP_FAILURES and self.desired.stopping:
+                self.gave_up = True
                 self._drain_all()  # the stop itself cannot proceed: drain by hand so the loop can end
         else:
             self.step_failures.pop(name, None)
@@ -287,17 +282,20 @@ class Master:
 
     def _handle_signals(self) -> None:
         signals, self.pending_signals = self.pending_signals, []
-        for sig in signals:
-            if sig in (signal.SIGINT, signal.SIGQUIT) or (sig == signal.SIGTERM and self.desired.stopping):
-                self.request_stop(fast=True)
-            elif sig == signal.SIGTERM:
-                self.request_stop(fast=False)
-            elif sig == signal.SIGHUP:
-                self.reload_requested = True
-            elif sig == signal.SIGUSR1:
-                self.error_log.reopen()
-                for pid in self.records.workers:
-                    process.send_signal(pid, signal.SIGUSR1)
+        for sig in signals:  # each on its own: a failure to act on one never loses the others
+            self._guarded(f"signal {signal.Signals(sig).name}", functools.partial(self._handle_signal, sig))
+
+    def _handle_signal(self, sig: int) -> None:
+        if sig in (signal.SIGINT, signal.SIGQUIT) or (sig == signal.SIGTERM and self.desired.stopping):
+            self.request_stop(fast=True)
+        elif sig == signal.SIGTERM:
+            self.request_stop(fast=False)
+        elif sig == signal.SIGHUP:
+            self.reload_requested = True
+        elif sig == signal.SIGUSR1:
+            self.error_log.reopen()
+            for pid in self.records.workers:
+                process.send_signal(pid, signal.SIGUSR1)
 
     def request_stop(self, fast: bool) -> None:
         if self.desired.stopping and (self.desired.fast or not fast):
@@ -336,7 +334,8 @@ class Master:
     def snapshot(self) -> Snapshot:
         return self.records.snapshot(
             self.desired, self.site.snapshot(), now=time.monotonic(), wall=time.time(), pid=os.getpid(),
-            started_at=self.started_at, control_socket=self.control.socket_path if self.control else None,
+            started_at=self.started_at, started_wall=self.started_wall,
+            control_socket=self.control.socket_path if self.control else None,
             loop_errors=self.loop_errors, last_loop_error=self.last_loop_error)
 
     def observed(self) -> Observed:
@@ -348,6 +347,10 @@ class Master:
 
     def reload(self, respond: Callable[[ReloadOutcome], None] | None = None) -> None:
         """An explicit reload (SIGHUP, `forkserve reload`): `respond` gets its outcome once it is known."""
+        if self.desired.stopping:
+            if respond is not None:
+                respond(ReloadOutcome(ReloadKind.STOPPING, self.site.revision))
+            return
         self.reloads.request(explicit=True, respond=respond)
 
     def plan_file(self, text: bytes, path: str, respond: Callable[[LoadedSite | ConfigError], None]) -> bool:
@@ -358,9 +361,9 @@ class Master:
 
     def _maybe_reload(self, now: float) -> None:
         self.validations.tick(now)
-        self.reloads.tick()
         if self.desired.stopping:
             return
+        self.reloads.tick()
         explicit, self.reload_requested = self.reload_requested, False
         changed = self.watching and signature(self.site.path) != self.site.signature
         if changed and self.file_event_at is None:
@@ -379,6 +382,9 @@ class Master:
             self.control.after_reload(explicit, outcome)
 
     def _apply(self, loaded: LoadedSite, data: bytes) -> ReloadOutcome:
+        if self.desired.stopping:  # a validation that finished after a stop was asked for: a stop is final
+            log.info("site file validated while stopping: not applied")
+            return ReloadOutcome(ReloadKind.STOPPING, self.site.revision)
         outcome = self.site.accept(loaded, data, self.desired)
         self.desired = loaded.desired
         self.records.forget_removed_apps(loaded.desired)

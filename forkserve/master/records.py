@@ -68,12 +68,12 @@ class Records:
         )
 
     def snapshot(self, desired: DesiredState, site: SiteSnapshot, *, now: float, wall: float, pid: int,
-                 started_at: float, control_socket: str | None, loop_errors: int = 0,
+                 started_at: float, started_wall: float, control_socket: str | None, loop_errors: int = 0,
                  last_loop_error: str = "") -> Snapshot:
         workers = sorted(self.workers.values(), key=lambda r: r.view.started)
         return Snapshot(
-            now=now, wall=wall, pid=pid, started_at=started_at, control_socket=control_socket, site=site,
-            desired=desired,
+            now=now, wall=wall, pid=pid, started_at=started_at, started_wall=started_wall,
+            control_socket=control_socket, site=site, desired=desired,
             workers=tuple(WorkerSnapshot(r.view.pid, r.view.app, r.view.revision, r.view.phase, r.view.started,
                                          r.view.recycle, r.end.counters()) for r in workers),
             addresses={bind: listener.address for bind, listener in self.listeners.items()},

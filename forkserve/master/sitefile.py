@@ -127,8 +127,9 @@ class Reloads:
 
     def __init__(self, site: SiteFile, validations: Validations, apply: Callable[[LoadedSite, bytes], ReloadOutcome],
                  before: Callable[[bool], None], after: Callable[[bool, ReloadOutcome], None],
-                 clear_backoff: Callable[[], None]) -> None:
+                 clear_backoff: Callable[[], None], stopping: Callable[[], bool] = lambda: False) -> None:
         self.site = site
+        self.stopping = stopping
         self.validations = validations
         self.apply = apply
         self.before, self.after, self.clear_backoff = before, after, clear_backoff
@@ -171,6 +172,16 @@ class Reloads:
         if self.queued and not self.validating:
             self._begin()
 
+    def _next(self) -> None:
+        """After a reload: the queued one runs now, or, once the master is stopping, is answered and dropped."""
+        if not self.queued or self.validating:
+            return
+        if self.stopping():
+            waiters, self.waiters, self.queued, self.explicit = self.waiters, [], False, False
+            _answer(waiters, ReloadOutcome(ReloadKind.STOPPING, self.site.revision))
+            return
+        self._begin()
+
     def _missing(self) -> ReloadOutcome:
         site = self.site
         if not site.missing:
@@ -194,6 +205,14 @@ class Reloads:
     def _validated(self, explicit: bool, waiters: list[Respond], data: bytes,
                    result: LoadedSite | ConfigError) -> None:
         self.validating = False
+        try:
+            outcome = self._outcome(explicit, data, result)
+        except Exception:  # a bug while applying: logged; everyone waiting still gets an answer
+            log.exception("applying the site file failed; nothing changed")
+            outcome = ReloadOutcome(ReloadKind.ERROR, self.site.revision)
+        self._finish(explicit, waiters, outcome)
+
+    def _outcome(self, explicit: bool, data: bytes, result: LoadedSite | ConfigError) -> ReloadOutcome:
         site = self.site
         if isinstance(result, ConfigError):
             site.errors = tuple(d.format() for d in result.diagnostics)
@@ -205,11 +224,19 @@ class Reloads:
             if explicit:
                 self.clear_backoff()  # the operator asked: try broken apps again now
             outcome = self.apply(result, data)
-        self._finish(explicit, waiters, outcome)
+        return outcome
 
     def _finish(self, explicit: bool, waiters: list[Respond], outcome: ReloadOutcome) -> None:
-        self.after(explicit, outcome)
-        for respond in waiters:
+        try:
+            self.after(explicit, outcome)
+        finally:
+            _answer(waiters, outcome)
+            self._next()
+
+
+def _answer(waiters: list[Respond], outcome: ReloadOutcome) -> None:
+    for respond in waiters:  # each on its own: one that raises costs the others nothing
+        try:
             respond(outcome)
-        if self.queued and not self.validating:
-            self._begin()
+        except Exception:
+            log.exception("answering a reload request failed")

@@ -20,7 +20,7 @@ from forkserve.control import protocol
 from forkserve.control.protocol import Request
 from forkserve.control.server import IDLE_TIMEOUT, ControlServer, ControlSocketError
 
-LATER: list[Callable[[dict[str, object]], None]] = []  # replies owed by the "plan" command of the fixture
+LATER: list[Callable[[dict[str, object] | Exception], None]] = []  # replies owed by the "plan" command of the fixture
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def server(tmp_path: Path) -> Iterator[ControlServer]:
     selector = selectors.DefaultSelector()
     LATER.clear()
 
-    def dispatch(request: Request, respond: Callable[[dict[str, object]], None]) -> None:
+    def dispatch(request: Request, respond: Callable[[dict[str, object] | Exception], None]) -> None:
         if request.command == "reload":
             raise RuntimeError("broken on purpose")
         if request.command == "plan":  # answered later, as a plan whose file validates in a child
@@ -124,6 +124,38 @@ def test_a_deferred_reply_keeps_order_and_the_connection_is_not_idle(server: Con
     pump(server, got)
     assert replies[0] == {"ok": True, "result": {"planned": True}}
     assert replies[1]["ok"] is True and replies[1]["result"] == {"command": "status", "fast": False}
+    client.close()
+
+
+def test_a_client_that_half_closes_still_gets_its_late_reply(server: ControlServer) -> None:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(server.path)
+    client.sendall(protocol.encode({"command": "plan", "path": "/x.toml", "text": ""}))
+    client.shutdown(socket.SHUT_WR)  # as `nc -N` and socat do
+    pump(server, lambda: LATER)
+    for key, _ in server.selector.select(0.05):  # the EOF is seen; the connection must not spin or close
+        key.data()
+    assert len(server.connections) == 1
+    LATER.pop()({"planned": True})
+    client.settimeout(5)
+    data = b""
+    while chunk := client.recv(65536):
+        data += chunk
+        pump(server, lambda: True)
+    assert protocol.Decoder().feed(data) == [{"ok": True, "result": {"planned": True}}]
+    pump(server, lambda: not server.connections)
+    client.close()
+
+
+def test_a_command_that_fails_later_answers_with_the_error(server: ControlServer) -> None:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(server.path)
+    client.sendall(protocol.encode({"command": "plan", "path": "/x.toml", "text": ""}))
+    pump(server, lambda: LATER)
+    LATER.pop()(RuntimeError("the validation went wrong"))
+    client.settimeout(5)
+    reply = protocol.Decoder().feed(client.recv(65536))[0]
+    assert reply == {"ok": False, "error": "plan failed in the master: the validation went wrong"}
     client.close()
 
 

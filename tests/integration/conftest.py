@@ -20,6 +20,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,8 +153,9 @@ _CALL_FAILED = pytest.StashKey[bool]()
 def site_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Site]]:
     sites: list[Site] = []
 
-    def make(text: str, name: str = "site.toml", expect: Iterable[str] = ()) -> Site:
-        site = Site(tmp_path, text, name, expect)
+    def make(text: str, name: str = "site.toml", expect: Iterable[str] = (), site_class: type[Site] = Site,
+             **extra: Any) -> Site:
+        site = site_class(tmp_path, text, name, expect, **extra)
         sites.append(site)
         return site
 
