@@ -241,21 +241,22 @@ class GeventServer:
         watcher = self.loop.io(listener.fileno(), READ)
         batch = 0
         try:
+            slots.acquire()
+            # `stopping` is checked right before every accept, so after every wait (for a slot, for the listener,
+            # in a sleep), during which a TERM may have come: a stopping worker takes no more connections from
+            # the shared listener (the other workers serve them), so every connection it hands over was handed
+            # over before graceful() queued shutdown() (see shutdown for why that matters)
             while not ctx.stopping:
-                slots.acquire()
-                while True:
-                    try:
-                        fd, address = accept()
-                        break
-                    except BlockingIOError:
-                        batch = 0
-                        hub.wait(watcher)
-                    except OSError as exc:
-                        if ctx.stopping:
-                            slots.release()
-                            return
-                        log.warning("accept failed: %s", exc)
-                        gevent.sleep(0.05)
+                try:
+                    fd, address = accept()
+                except BlockingIOError:
+                    batch = 0
+                    hub.wait(watcher)
+                    continue
+                except OSError as exc:
+                    log.warning("accept failed: %s", exc)
+                    gevent.sleep(0.05)
+                    continue
                 sock = raw_socket(family, sock_type, proto, fd)
                 sock.settimeout(0.0)
                 env = connection_environ(base, address)
@@ -267,6 +268,8 @@ class GeventServer:
                 if batch >= ACCEPT_BATCH:  # let the accepted connections (and the other workers) get going
                     batch = 0
                     gevent.sleep(0)
+                slots.acquire()
+            slots.release()
         finally:
             watcher.stop()
 
@@ -293,9 +296,15 @@ class GeventServer:
 
     def shutdown(self) -> None:
         gevent, loop, active = self.gevent, self.loop, self.active
-        gevent.killall(self.acceptors, block=True)
+        gevent.killall(self.acceptors, block=True)  # returns at once, without yielding, if they have returned
         for listener in self.listeners:
             listener.close()
+        # A connection an acceptor has just accepted is handed over by a hub callback (a parked handler's switch,
+        # or the start of a spawn_raw greenlet) and is in `active` only once that callback has run: until then
+        # `active` may be empty and we would exit with the connection accepted and never answered (the client
+        # sees a close or a reset). Callbacks run in the order they were queued and no acceptor is left to queue
+        # another, so once this sleep's callback has run, every hand-off has, and its handler is in `active`.
+        gevent.sleep(0)
         deadline = loop.now() + self.worker.spec.graceful_timeout
         while active and loop.now() < deadline:
             last_call = monotonic() + STOP_IDLE_GRACE
