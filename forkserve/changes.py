@@ -2,13 +2,16 @@
 
 Used for the one log line each reload writes (`site revision 3f2a applied: api scaled 2->4; web rolling; shop
 added`) and by `forkserve plan`.
+
+Environment values may be secrets (from `${VAR}` or an env_file): a change names the variables that changed,
+never a value (`web rolling (env changed: DB_PASSWORD)`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forkserve.spec import ROLL_FIELDS, DesiredState, ServerSettings
+from forkserve.spec import ROLL_FIELDS, AppSpec, DesiredState, ServerSettings
 
 # [server] keys the master cannot change while it runs: reported, never silently ignored.
 RESTART_ONLY: tuple[str, ...] = ("control_socket", "pidfile", "error_log", "watch", "metrics")
@@ -36,8 +39,9 @@ def app_changes(old: DesiredState, new: DesiredState) -> list[AppChange]:
             rolled = before.revision != after.revision
             scaled = before.workers != after.workers
             if rolled:
-                fields = [f for f in ROLL_FIELDS if _field(before, f) != _field(after, f)] or ["log settings"]
-                what = f"rolling ({', '.join(fields)} changed)"
+                fields = [f for f in ROLL_FIELDS if _field(before, f) != _field(after, f)]
+                fields += ["start directory"] if before.start_dir != after.start_dir else []
+                what = f"rolling ({', '.join(fields or ['log settings'])} changed{_env_names(before, after)})"
                 kind = "scaled+rolling" if scaled else "rolling"
                 detail = f"scaled {before.workers}->{after.workers}, {what}" if scaled else what
                 changes.append(AppChange(name, kind, detail))
@@ -50,6 +54,13 @@ def app_changes(old: DesiredState, new: DesiredState) -> list[AppChange]:
 
 def _field(spec: object, name: str) -> object:
     return getattr(spec, name)
+
+
+def _env_names(before: AppSpec, after: AppSpec) -> str:
+    """`: A, B` naming the environment variables added, removed or changed; their values are never shown."""
+    old, new = dict(before.env), dict(after.env)
+    names = sorted(name for name in {*old, *new} if old.get(name) != new.get(name))
+    return f": {', '.join(names)}" if names else ""
 
 
 def needs_restart(old: ServerSettings, new: ServerSettings) -> list[str]:

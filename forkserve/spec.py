@@ -2,6 +2,11 @@
 
 `AppSpec.revision` hashes every field whose change needs new worker processes (module, env, binds, limits, ...);
 `workers` is deliberately outside it, so a count change is a scale, never a roll.
+
+The environment of a revision is part of it: `env` holds the app's env_file variables and every `${VAR}` already
+expanded (by `config.load`), so a changed variable or env_file rolls the app. `AppSpec.start_dir` is the
+directory `forkserve up` was started in, recorded at load time; `import_paths` is the one rule, used by the
+workers and by `forkserve check --import`, for where an app is imported from.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import TYPE_CHECKING
 from forkserve.config.binds import BindAddress, parse_bind
 
 if TYPE_CHECKING:  # the master process never imports pydantic: config is validated in a child
+    from forkserve.config.dependencies import Sources
     from forkserve.config.models import AppConfig, ServerConfig, SiteConfig
 
 # Fields of AppConfig that a running worker cannot pick up: changing any of them rolls the app's workers.
@@ -57,6 +63,7 @@ class AppSpec:
     error_log: str
     log_level: str
     preload: bool = False  # import once in a per-(app, revision) zygote and fork the workers from it
+    start_dir: str = ""  # where `forkserve up` was started: the cwd and a sys.path entry when chdir is unset
 
 
 @dataclass(frozen=True)
@@ -70,12 +77,15 @@ class DesiredState:
         return DesiredState({}, self.revision, stopping=True, fast=fast)
 
     @classmethod
-    def from_config(cls, site: SiteConfig) -> DesiredState:
-        apps = {name: _app_spec(name, app, site) for name, app in sorted(site.apps.items())}
-        digest = hashlib.sha256(
-            json.dumps([[s.name, s.revision, s.workers] for s in apps.values()]).encode()
-        ).hexdigest()[:8]
-        return cls(apps, digest)
+    def from_config(cls, site: SiteConfig, start_dir: str = "") -> DesiredState:
+        apps = {name: _app_spec(name, app, site, start_dir) for name, app in sorted(site.apps.items())}
+        return cls(apps, site_revision(apps))
+
+
+def site_revision(apps: dict[str, AppSpec]) -> str:
+    """The revision of the whole site: changes when any app's revision or worker count changes."""
+    return hashlib.sha256(json.dumps([[s.name, s.revision, s.workers] for s in apps.values()]).encode()
+                          ).hexdigest()[:8]
 
 
 @dataclass(frozen=True)
@@ -90,13 +100,14 @@ class ServerSettings:
     pidfile: str | None = None
     watch: bool = True
     metrics: str | None = None
+    settle: float = 3.0  # seconds a file written in place rests before a destructive change applies
 
     @classmethod
     def from_config(cls, server: ServerConfig) -> ServerSettings:
         access = server.access_log
         return cls(server.control_socket, server.graceful_timeout, server.log_level,
                    None if access is False else str(access), server.error_log, server.pidfile, server.watch,
-                   getattr(server, "metrics", None))
+                   getattr(server, "metrics", None), server.settle)
 
 
 @dataclass(frozen=True)
@@ -105,10 +116,19 @@ class LoadedSite:
 
     desired: DesiredState
     server: ServerSettings
+    sources: Sources | None = None  # the variables and env_files it was computed from (digests, no values)
 
     @classmethod
-    def from_config(cls, site: SiteConfig) -> LoadedSite:
-        return cls(DesiredState.from_config(site), ServerSettings.from_config(site.server))
+    def from_config(cls, site: SiteConfig, start_dir: str = "", sources: Sources | None = None) -> LoadedSite:
+        return cls(DesiredState.from_config(site, start_dir), ServerSettings.from_config(site.server), sources)
+
+
+def import_paths(spec: AppSpec) -> tuple[str, tuple[str, ...]]:
+    """Where the app is imported from: (the directory to change to, the entries to put first on sys.path, in
+    order). The directory is `chdir`, else the start directory; it is on sys.path after `pythonpath`, as in
+    gunicorn (and uvicorn, which puts the working directory there). "" means "stay where you are"."""
+    cwd = spec.chdir or spec.start_dir
+    return cwd, (*spec.pythonpath, *((cwd,) if cwd else ()))
 
 
 def resolve_count(value: int | str, workers: int, round_up: bool) -> int:
@@ -123,9 +143,11 @@ def _scoped(bind: BindAddress, app: str) -> BindAddress:
     return replace(bind, scope=app) if bind.kind == "tcp" and bind.port == 0 else bind
 
 
-def _app_spec(name: str, app: AppConfig, site: SiteConfig) -> AppSpec:
+def _app_spec(name: str, app: AppConfig, site: SiteConfig, start_dir: str = "") -> AppSpec:
     roll = {key: getattr(app, key) for key in ROLL_FIELDS}
     roll["env"] = sorted(app.env.items())
+    if app.chdir is None and start_dir:
+        roll["start_dir"] = start_dir  # where it imports from (absent when unknown: revisions stay as they were)
     roll["logs"] = [site.server.access_log, site.server.error_log, site.server.log_level]
     revision = hashlib.sha256(json.dumps(roll, sort_keys=True, default=list).encode()).hexdigest()[:8]
     surge = resolve_count(app.max_surge, app.workers, round_up=True)
@@ -161,4 +183,5 @@ def _app_spec(name: str, app: AppConfig, site: SiteConfig) -> AppSpec:
         access_log=None if access is False else str(access),
         error_log=site.server.error_log,
         log_level=site.server.log_level,
+        start_dir=start_dir,
     )

@@ -15,7 +15,16 @@ The key is a sha256 over everything the result depends on:
   `__init__.py` and the names of their `*.dist-info` directories (which carry the versions), found on sys.path
   WITHOUT importing them, since importing pydantic is the cost this cache exists to skip;
 - the Python version and executable;
-- every environment value the loader reads (`config.paths.Env`: XDG_RUNTIME_DIR, the uid).
+- every environment value the loader reads (`config.paths.Env`: XDG_RUNTIME_DIR, the uid, the start directory).
+
+What a result read besides the file cannot be in a key computed before the file is parsed: which variables
+`${VAR}` reads and which env_files an app names are known only after. So an entry records them itself
+(`LoadedSite.sources`, `config.dependencies`: each variable's name and a digest of its value, or "unset"; each
+env_file's path and a digest of its bytes), and `get` uses a hit only while all of them still match: a changed
+variable or env_file is a miss, and the child validates again. Values from the environment never reach the
+disk: an entry is stored with the env values that came from `${VAR}` or an env_file blanked (`_seal`), and a
+hit puts them back (`_unseal`) from the environment and the env_files just read and checked, which is exactly
+what the models would compute from them (the standard-library expander and dotenv parser are the ones they use).
 
 Only valid results are stored (a pickled `LoadedSite`): errors are always recomputed by the models, so their
 messages come from one place. A pickle runs code when loaded, so the store must be private: a directory of our
@@ -36,10 +45,12 @@ import sys
 
 TYPE_CHECKING = False  # not `from typing import ...`: importing typing costs ~3 ms on the start-up critical path
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from forkserve.config.paths import Env
     from forkserve.spec import LoadedSite
 
-FORMAT = 1  # bump when what an entry holds changes shape
+FORMAT = 2  # bump when what an entry holds changes shape
 MAX_ENTRIES = 64  # a few sites, a few revisions each; the oldest go first
 MAX_ENTRY_BYTES = 16 << 20  # a LoadedSite of even a huge site is far smaller: anything larger is not ours
 # Third-party packages whose code decides a result: (import name, dist-info name prefix, lower case).
@@ -80,8 +91,9 @@ def key(data: bytes, path: str, env: Env) -> str | None:
     return digest.hexdigest()
 
 
-def get(name: str) -> LoadedSite | None:
-    """The LoadedSite stored under `name`, or None (missing, unsafe, corrupt: all the same to the caller)."""
+def get(name: str, environ: Mapping[str, str] | None = None) -> LoadedSite | None:
+    """The LoadedSite stored under `name`, or None (missing, unsafe, corrupt, or computed from variables or
+    env_files that have changed since: all the same to the caller). `environ`: the variables `${VAR}` reads."""
     directory = cache_dir()
     dir_fd = _open_private_dir(directory) if directory is not None else None
     if dir_fd is None:
@@ -100,6 +112,9 @@ def get(name: str) -> LoadedSite | None:
             return None
         if not isinstance(loaded, LoadedSite):
             return None
+        loaded = _unseal(loaded, environ or {})
+        if loaded is None:
+            return None
         try:
             os.utime(name, dir_fd=dir_fd, follow_symlinks=False)  # recently used: pruned last
         except OSError:
@@ -117,7 +132,7 @@ def put(name: str, loaded: LoadedSite) -> None:
     try:
         import pickle
 
-        blob = pickle.dumps(loaded, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps(_seal(loaded), protocol=pickle.HIGHEST_PROTOCOL)
         _make_private_dir(directory)
     except Exception:
         return
@@ -142,6 +157,60 @@ def put(name: str, loaded: LoadedSite) -> None:
             pass
     finally:
         os.close(dir_fd)
+
+
+# --- values from the environment: never on disk ---------------------------------------------------------------
+
+def _secret_keys(loaded: LoadedSite) -> dict[str, set[str]]:
+    sources = loaded.sources
+    keys: dict[str, set[str]] = {}
+    if sources is None:
+        return keys
+    for app, key, _ in sources.secret_env:
+        keys.setdefault(app, set()).add(key)
+    for app, _, names in sources.file_env:
+        keys.setdefault(app, set()).update(names)
+    return keys
+
+
+def _with_env(loaded: LoadedSite, env: dict[str, dict[str, str]]) -> LoadedSite:
+    from dataclasses import replace
+
+    apps = dict(loaded.desired.apps)
+    for name, values in env.items():
+        apps[name] = replace(apps[name], env=tuple(sorted({**dict(apps[name].env), **values}.items())))
+    return replace(loaded, desired=replace(loaded.desired, apps=apps))
+
+
+def _seal(loaded: LoadedSite) -> LoadedSite:
+    """The site as stored: env values that came from the environment or an env_file blanked."""
+    keys = _secret_keys(loaded)
+    return _with_env(loaded, {app: dict.fromkeys(names, "") for app, names in keys.items()}) if keys else loaded
+
+
+def _unseal(loaded: LoadedSite, environ: Mapping[str, str]) -> LoadedSite | None:
+    """A stored site with its env values put back; None when a variable or env_file it read has changed."""
+    from forkserve.config.dependencies import read_current_env_files, variables_current
+
+    sources = loaded.sources
+    if not sources:
+        return loaded
+    if not variables_current(sources, environ):
+        return None
+    files = read_current_env_files(sources)
+    if files is None:
+        return None
+    from forkserve.config.expand import ExpandError, expand
+
+    env: dict[str, dict[str, str]] = {}
+    try:
+        for app, path, names in sources.file_env:
+            env.setdefault(app, {}).update({name: files[path][name] for name in names})
+        for app, key, template in sources.secret_env:
+            env.setdefault(app, {})[key] = expand(template, environ)
+    except (KeyError, ExpandError):  # cannot happen while the digests match; a miss is always safe
+        return None
+    return _with_env(loaded, env)
 
 
 # --- the stamps ---------------------------------------------------------------------------------------------------

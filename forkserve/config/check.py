@@ -5,7 +5,10 @@ Formats: `text` (one `FILE:LINE:COL: key.path: message` per problem), `json` (on
 `github` (`::error file=F,line=L,col=C::message` workflow annotations).
 
 `--import` is the only place app code runs, and never in this process: each app is imported in a throwaway
-`python -c` subprocess with the app's chdir, pythonpath and env, the way a worker would import it.
+`python -c` subprocess exactly as a worker of `forkserve up` started in the same directory would: the same
+directory and sys.path entries in the same order (`spec.import_paths`, the one rule both use), and the same
+environment (the app's `env`, its env_file's variables and `${VAR}` expanded). So when check says it imports,
+`up` imports it; when it does not, both fail with the same exception.
 """
 
 from __future__ import annotations
@@ -19,15 +22,19 @@ from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from forkserve.config.load import ConfigError, Diagnostic, load
-from forkserve.config.models import AppConfig
+from forkserve.config.paths import start_dir
+from forkserve.spec import AppSpec, DesiredState, import_paths
 
 IMPORT_TIMEOUT_CAP = 60.0
 TRACEBACK_LINES = 8
 
 # Runs in the throwaway subprocess: import the module, walk the attribute path, insist on a callable.
 _IMPORT_SCRIPT = """\
-import importlib, sys
+import importlib, json, sys
 spec, gevent = sys.argv[1], sys.argv[2] == "gevent"
+if sys.path[:1] == [""]:  # `-c` puts the working directory first; the worker's entries replace it
+    del sys.path[0]
+sys.path[0:0] = json.loads(sys.argv[3])
 if gevent:
     from gevent import monkey
     monkey.patch_all()
@@ -70,26 +77,20 @@ def check_file(path: str, do_import: bool = False) -> FileReport:
         return FileReport(path, err.diagnostics, err.io_error)
     report = FileReport(path, apps=len(site.apps))
     if do_import:
-        report.imports = [import_app(name, app) for name, app in sorted(site.apps.items())]
+        desired = DesiredState.from_config(site, start_dir())  # the specs `up` started here would run
+        report.imports = [import_app(name, app) for name, app in desired.apps.items()]
     return report
 
 
-def _child_env(app: AppConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(app.env)
-    if app.pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([*app.pythonpath, *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-def import_app(name: str, app: AppConfig) -> ImportResult:
+def import_app(name: str, app: AppSpec) -> ImportResult:
     """Import `app.module` in a fresh interpreter the way a worker would; never in this process."""
-    if app.chdir is not None and not os.path.isdir(app.chdir):
-        return ImportResult(name, app.module, False, f"chdir {app.chdir} is not a directory")
-    argv = [sys.executable, "-c", _IMPORT_SCRIPT, app.module, app.worker_class]
+    cwd, entries = import_paths(app)
+    if cwd and not os.path.isdir(cwd):
+        return ImportResult(name, app.module, False, f"chdir {cwd} is not a directory")
+    argv = [sys.executable, "-c", _IMPORT_SCRIPT, app.module, app.worker_class, json.dumps(entries)]
     try:
         done = subprocess.run(
-            argv, cwd=app.chdir, env=_child_env(app), capture_output=True, text=True,
+            argv, cwd=cwd or None, env={**os.environ, **dict(app.env)}, capture_output=True, text=True,
             timeout=min(app.boot_timeout, IMPORT_TIMEOUT_CAP), check=False,
         )
     except subprocess.TimeoutExpired:

@@ -3,13 +3,16 @@
 pydantic says "Input should be a valid integer" at `('apps', 'api', 'max_surge', 'int')`; a person editing a
 site file needs `apps.api.workers: expected an integer, found the string "4"; write 4 without quotes`. Union
 members (`int`, `str`, `literal[False]`) in a location are not keys; they are dropped and their errors merged.
+
+A value expanded from the environment (`${VAR}`, `config.expand`) may be a secret: at such a key the message
+shows the text as written in the file, never the value, and offers no hint built from the value.
 """
 
 from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic_core import ErrorDetails
@@ -125,12 +128,24 @@ def _model_fields(path: KeyPath) -> list[str]:
     return []
 
 
-def _message(err: ErrorDetails, path: KeyPath, marker: str | None, fmt: str) -> str:
+def describe_hidden(template: str) -> str:
+    """A value that came from the environment, in words that do not show it."""
+    shown = template if len(template) <= 60 else template[:57] + "..."
+    return f'the string "{shown}" from the environment (its value is not shown)'
+
+
+def _hidden_hint(kind: str) -> str:
+    if kind in ("int_type", "float_type", "bool_type", "finite_number"):
+        return "; ${...} expands to a string, so this key cannot come from the environment: write the value"
+    return ""
+
+
+def _message(err: ErrorDetails, path: KeyPath, marker: str | None, fmt: str, hidden: str | None = None) -> str:
     kind = err["type"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
     key = str(path[-1]) if path else ""
-    found = f", found {describe(value, fmt)}"
+    found = f", found {describe(value, fmt) if hidden is None else describe_hidden(hidden)}"
     if kind == "missing":
         return f"required key `{key}` is missing"
     if kind == "extra_forbidden":
@@ -138,14 +153,15 @@ def _message(err: ErrorDetails, path: KeyPath, marker: str | None, fmt: str) -> 
     if marker == "[key]":
         return _bad_name(path, key)
     if kind in _TYPE_EXPECTED:
-        return _TYPE_EXPECTED[kind] + found + _hint(kind, value)
+        return _TYPE_EXPECTED[kind] + found + (_hint(kind, value) if hidden is None else _hidden_hint(kind))
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         return f"expected {'a table' if fmt == 'toml' else 'a mapping'}{found}"
     if kind == "literal_error":
         choices = [c.strip().strip("'") for c in str(ctx.get("expected", "")).replace(" or ", ",").split(",")]
         quoted = [f'"{c}"' for c in choices if c]
         words = " or ".join(quoted) if len(quoted) <= 2 else "one of " + ", ".join(quoted)
-        return f"expected {words}{found}" + (did_you_mean(value, choices) if isinstance(value, str) else "")
+        return f"expected {words}{found}" + (did_you_mean(value, choices) if isinstance(value, str) and hidden is None
+                                             else "")
     return _bound_message(kind, ctx, found) or _other_message(err, key, found)
 
 
@@ -181,8 +197,11 @@ def _bad_name(path: KeyPath, key: str) -> str:
     return f'environment variable name "{key}" is not allowed: use letters, digits and "_", not starting with a digit'
 
 
-def translate_errors(errors: Iterable[ErrorDetails], data: Any, fmt: str) -> list[tuple[KeyPath, str]]:
-    """Every pydantic error as (key path, message); errors of one union-typed key become one message."""
+def translate_errors(errors: Iterable[ErrorDetails], data: Any, fmt: str,
+                     hidden: Mapping[KeyPath, str] | None = None) -> list[tuple[KeyPath, str]]:
+    """Every pydantic error as (key path, message); errors of one union-typed key become one message.
+    `hidden`: key paths whose value came from the environment -> their text as written (shown instead)."""
+    hidden = hidden or {}
     out: list[tuple[KeyPath, str]] = []
     union_paths: set[KeyPath] = set()
     for err in errors:
@@ -194,7 +213,8 @@ def translate_errors(errors: Iterable[ErrorDetails], data: Any, fmt: str) -> lis
         if marker != "[key]" and key in _UNION_EXPECTED and err["type"] != "missing":
             if path not in union_paths:
                 union_paths.add(path)
-                out.append((path, f"{_UNION_EXPECTED[key]}, found {describe(_value_at(data, path), fmt)}"))
+                shown = describe_hidden(hidden[path]) if path in hidden else describe(_value_at(data, path), fmt)
+                out.append((path, f"{_UNION_EXPECTED[key]}, found {shown}"))
             continue
-        out.append((path, _message(err, path, marker, fmt)))
+        out.append((path, _message(err, path, marker, fmt, hidden.get(path))))
     return out

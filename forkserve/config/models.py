@@ -6,6 +6,10 @@ strings here (their canonical spelling) so that TOML and YAML renderings of one 
 
 Paths: after `config.load.load()` every path field is absolute, resolved against the directory that holds the
 site file (the loader passes that directory as validation context `base_dir`).
+
+The models see a file's data after `${VAR}` expansion (`config.expand`) and never read an env_file: the loader
+reads it and puts its variables under `env` (the file's own `env` wins), so a rule here holds for every value,
+however it was written.
 """
 
 from __future__ import annotations
@@ -97,6 +101,12 @@ class ServerConfig(BaseModel):
         description='Serve Prometheus metrics at http://HOST:PORT/metrics from the master ("HOST:PORT", TCP only; '
         "port 0 picks a free port). Default: off.",
     )
+    settle: float = Field(
+        3.0, ge=0, le=300, allow_inf_nan=False,
+        description="Seconds a site file written in place must rest unchanged before a destructive change (an app "
+        "or bind removed, an app scaled to 0) is applied, so a file caught half-written is not applied; other "
+        "changes, atomic renames and `forkserve reload` apply at once. 0 disables the wait.",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -181,7 +191,18 @@ class AppConfig(BaseModel):
     pythonpath: tuple[StrictStr, ...] = Field(
         (), strict=False, description="Directories prepended to sys.path in the workers."
     )
-    env: dict[EnvName, str] = Field(default_factory=dict, description="Environment variables set in the workers.")
+    env: dict[EnvName, str] = Field(
+        default_factory=dict,
+        repr=False,  # the values may be secrets: a model printed in a traceback or a debugger must not show them
+        description="Environment variables set in the workers (over those of `env_file`). A changed value rolls "
+        "the app; values are never printed.",
+    )
+    env_file: str | None = Field(
+        None,
+        description="A dotenv file (`KEY=value`, `export KEY=value`, quotes, `#` comments) whose variables are set "
+        "in the workers, read each time the site file is loaded (a changed file rolls the app on reload). No "
+        "`${VAR}` expansion inside it; at most 1 MiB; values are never printed.",
+    )
     limit_request_line: int = Field(
         4094, ge=0, le=8190, description="Longest request line in bytes (0: the maximum, 8190); longer gets 414."
     )
@@ -192,10 +213,20 @@ class AppConfig(BaseModel):
         8190, ge=0, le=65536, description="Largest header field in bytes (0: the maximum, 65536); larger gets 431."
     )
 
-    @field_validator("chdir")
+    @field_validator("chdir", "env_file")
     @classmethod
     def _chdir(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and (not v or "\0" in v):
+            raise ValueError("must be a non-empty path")
         return None if v is None else _resolve(v, info)
+
+    @field_validator("env")
+    @classmethod
+    def _env_values(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(name for name, value in v.items() if "\0" in value)
+        if bad:
+            raise ValueError(f"the value of {', '.join(bad)} holds a NUL character, which no environment value can")
+        return v
 
     @field_validator("pythonpath")
     @classmethod

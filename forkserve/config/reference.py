@@ -28,6 +28,16 @@ A site file is TOML (`.toml`) or YAML (`.yaml`, `.yml`): an optional `[server]` 
 holds the site file. Run `forkserve check FILE` to validate one; `forkserve schema` prints the JSON Schema
 (`schemas/forkserve.schema.json`) that editors use: taplo reads a `#:schema PATH` first line in TOML, and
 yaml-language-server reads `# yaml-language-server: $schema=PATH` in YAML.
+
+String values (never keys, numbers or booleans) may use the environment of `forkserve up` (and of
+`forkserve check`): `${NAME}` is the variable's value, and an error when it is unset; `${NAME:-default}` is the
+default when NAME is unset or empty; `$$` is a literal `$`; any other `$` is an error. `env_file` variables are
+not expanded. Diagnostics, `forkserve plan`, status and the logs never show a value that came from the
+environment or an env_file: a message shows the text as written (`${DB_URL}`), a change shows the variable's name.
+
+An app with no `chdir` runs in, and imports from, the directory `forkserve up` was started in (it is put on
+`sys.path`, as gunicorn and uvicorn do); `pythonpath` entries come before it. `forkserve check --import` resolves
+imports the same way from the directory it is run in.
 """
 
 

@@ -11,7 +11,8 @@ register `fileno()` for EVENT_READ, call `on_readable()` when it fires and `expi
 `outcome()` once `done`. `result()` is the blocking form, for start-up and the command line.
 
 Why a cache: most starts and reloads see a file that was validated before. `validate()` first asks
-`config.cache` for the models' earlier verdict on exactly these bytes, this code and this environment; a hit is
+`config.cache` for the models' earlier verdict on exactly these bytes, this code and this environment (and the
+same values of the variables and env_files that verdict read); a hit is
 a `Validated` (same `result()`), and no child is forked. Only valid results are cached, written by `outcome()`.
 
 The child is a plain fork (no exec: it starts from the master's lean memory), imports the loader, validates,
@@ -230,7 +231,7 @@ def validate(data: bytes, path: str) -> Validated | Validation:
 
     env = Env.from_os()
     key = cache.key(data, path, env)
-    loaded = cache.get(key) if key is not None else None
+    loaded = cache.get(key, env.environ) if key is not None else None
     return Validated(data, loaded) if loaded is not None else Validation(data, path, env, key)
 
 
@@ -248,10 +249,11 @@ def load_site(data: bytes, path: str, timeout: float = TIMEOUT) -> LoadedSite:
 
 def _load(data: bytes, path: str, env: Env) -> LoadedSite:
     """What the child computes (a module-level name, so that a test can make the child hang)."""
-    from forkserve.config.load import load_text
+    from forkserve.config.load import load_text_sources
     from forkserve.spec import LoadedSite
 
-    return LoadedSite.from_config(load_text(data, path, env))
+    site, sources = load_text_sources(data, path, env)
+    return LoadedSite.from_config(site, env.start_dir, sources)
 
 
 def _child(data: bytes, path: str, env: Env, write_fd: int) -> None:  # pragma: no cover - runs in the child

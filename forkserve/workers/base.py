@@ -4,10 +4,12 @@
 1. `Worker.setup_process`: signals back to their defaults (SIGPIPE stays ignored: a vanished client must not
    kill the worker), process title `forkserve: worker [APP]`, the error log (the master's handlers are dropped:
    their files are closed in the child) and the access log.
-2. `import_app`, once per app revision: chdir (also put on sys.path, as gunicorn does), pythonpath (prepended
-   to sys.path), env (os.environ), the worker class's `before_import()` (gevent: `monkey.patch_all()` *before*
-   the app is imported), then `import module` and `getattr` along the dotted attribute path (default attribute:
-   `application`). Any failure: `boot_error` event with the last lines of the traceback, exit EXIT_BOOT_ERROR.
+2. `import_app`, once per app revision: chdir, or else the directory `forkserve up` was started in (either is
+   put on sys.path, as gunicorn does), pythonpath (before it on sys.path): `spec.import_paths`, the rule
+   `forkserve check --import` follows too; env (os.environ), the worker class's `before_import()` (gevent:
+   `monkey.patch_all()` *before* the app is imported), then `import module` and `getattr` along the dotted
+   attribute path (default attribute: `application`). Any failure: `boot_error` event with the last lines of
+   the traceback, exit EXIT_BOOT_ERROR.
 3. `Worker.start(app)`, once per worker: its request context (limits, counters, max_requests with jitter).
 4. `ready` event, then the worker class serves (`forkserve.workers.registry` finds it by name).
 
@@ -38,7 +40,7 @@ import warnings
 from typing import Any, NoReturn
 
 from forkserve.channel import WorkerEnd
-from forkserve.spec import AppSpec
+from forkserve.spec import AppSpec, import_paths
 from forkserve.workers.registry import WorkerClass, load
 from forkserve.workers.worker import (  # noqa: F401 - the exit codes are part of this module's interface
     EXIT_BOOT_ERROR,
@@ -56,13 +58,10 @@ from forkserve.workers.worker import (  # noqa: F401 - the exit codes are part o
 def import_app(spec: AppSpec, worker_class: WorkerClass) -> Any:
     """Import the app, once per process tree: in a worker, or in the preload process whose workers inherit it.
     Changes process-wide state (cwd, sys.path, os.environ, the worker class's patching): never run it twice."""
-    if spec.chdir:
-        os.chdir(spec.chdir)
-        path = os.getcwd()
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    for entry in reversed(spec.pythonpath):
-        sys.path.insert(0, entry)
+    cwd, entries = import_paths(spec)  # the one rule; `forkserve check --import` follows it too
+    if cwd:
+        os.chdir(cwd)
+    sys.path[0:0] = entries
     os.environ.update(dict(spec.env))
     worker_class.before_import()  # gevent: monkey-patch before the app's imports
     module_name, _, attribute = spec.module.partition(":")

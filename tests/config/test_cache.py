@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from forkserve.config import cache
-from forkserve.config.load import load_text
+from forkserve.config.load import load_text_sources
 from forkserve.config.paths import Env
 from forkserve.config.validate import Validated, Validation, load_site, validate
 from forkserve.spec import LoadedSite
@@ -29,7 +29,10 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def models(data: bytes = GOOD, path: str = PATH) -> LoadedSite:
-    return LoadedSite.from_config(load_text(data, path, Env.from_os()))
+    """What the validating child computes (the start directory and the sources included)."""
+    env = Env.from_os()
+    site, sources = load_text_sources(data, path, env)
+    return LoadedSite.from_config(site, env.start_dir, sources)
 
 
 def filled(data: bytes = GOOD, path: str = PATH) -> Path:

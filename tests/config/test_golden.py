@@ -20,10 +20,18 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
 FIXTURES = sorted(p for p in GOLDEN.iterdir() if p.suffix in (".toml", ".yaml", ".yml"))
 
 
+SECRET = "golden-secret:[::1]:5432/value"  # what ${FORKSERVE_GOLDEN_SECRET} is: it must never be shown
+
+
 def _check_text(directory: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
     monkeypatch.chdir(directory)
+    monkeypatch.setenv("FORKSERVE_GOLDEN_SECRET", SECRET)
+    monkeypatch.delenv("FORKSERVE_GOLDEN_UNSET", raising=False)
     out = io.StringIO()
-    return run_check([name], out=out), out.getvalue()
+    code = run_check([name], out=out)
+    for part in (SECRET, SECRET[:12], SECRET[-12:], "5432/value"):
+        assert part not in out.getvalue()
+    return code, out.getvalue()
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[p.name for p in FIXTURES])

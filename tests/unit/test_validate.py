@@ -14,7 +14,6 @@ import pytest
 
 from forkserve.config import validate as validate_module
 from forkserve.config.errors import ConfigError
-from forkserve.config.load import load_text
 from forkserve.config.paths import Env
 from forkserve.config.validate import TIMEOUT, Validated, Validation, load_site, start_validation, validate
 from forkserve.spec import LoadedSite
@@ -87,7 +86,7 @@ def test_a_selector_loop_drives_it_to_the_models_result() -> None:
     assert started.on_readable() is False or started.done  # never blocks, whatever the child has written yet
     drive(started)
     assert started.done and _gone(started.pid)
-    assert started.outcome() == LoadedSite.from_config(load_text(GOOD, "/srv/site.toml", Env.from_os()))
+    assert started.outcome() == validate_module._load(GOOD, "/srv/site.toml", Env.from_os())  # what the child does
     assert started.outcome() == started.outcome()  # asking twice is fine
     assert started.fileno() == -1  # the pipe is closed once the outcome is read
 
