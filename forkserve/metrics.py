@@ -15,6 +15,12 @@ Text exposition format 0.0.4. Families:
     forkserve_in_flight_requests{app}             gauge
     forkserve_connections{app}                    gauge
     forkserve_restarts_total{app,cause}           counter  crash | timeout | boot_timeout | max_requests | rolled
+    forkserve_worker_crashes_total{app,cause}     counter  workers that died unasked: boot_failure | boot_timeout
+                                                           (never ready: backed off) | SIGSEGV | SIGBUS | SIGABRT |
+                                                           SIGFPE | SIGILL | SIGKILL (often the OOM killer) |
+                                                           signal (any other) | exit_0 | exit_error (ready, then
+                                                           died: replaced within the crash rate). A fixed set
+                                                           (outcomes.CrashCause): bounded label cardinality
     forkserve_reloads_total{result}               counter  applied | invalid | missing | error (explicit reloads and
                                                            file changes; a file event with the same content
                                                            is not counted)
@@ -36,7 +42,7 @@ from collections.abc import Callable
 from forkserve.channel import DURATION_BUCKETS
 from forkserve.config.binds import parse_bind
 from forkserve.control.loop import LoopConnections
-from forkserve.outcomes import RELOAD_RESULTS, RESTART_CAUSES, ReloadOutcome
+from forkserve.outcomes import CRASH_CAUSES, RELOAD_RESULTS, RESTART_CAUSES, ReloadOutcome
 from forkserve.snapshot import Snapshot, Totals
 from forkserve.sockets import Listener, close_listener, open_listener
 from forkserve.status import readiness, render
@@ -112,6 +118,11 @@ class Metrics:
         for app in sorted({*apps, *(app for app, _ in snap.restarts)}):
             for cause in RESTART_CAUSES:
                 out.sample("forkserve_restarts_total", {"app": app, "cause": cause}, snap.restarts.get((app, cause), 0))
+        out.family("forkserve_worker_crashes_total", "counter", "Workers that died unasked, by cause.")
+        for app in sorted({*apps, *(app for app, _ in snap.crashes)}):
+            for cause in CRASH_CAUSES:
+                out.sample("forkserve_worker_crashes_total", {"app": app, "cause": cause},
+                           snap.crashes.get((app, cause), 0))
         out.family("forkserve_reloads_total", "counter", "Site file reloads, by result.")
         for result in RELOAD_RESULTS:
             out.sample("forkserve_reloads_total", {"result": result}, self.reloads[result])

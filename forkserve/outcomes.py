@@ -1,4 +1,5 @@
-"""Outcomes as values: why a worker is retired or killed, what a restart is counted as, what a reload did. Pure.
+"""Outcomes as values: why a worker is retired or killed, what a restart is counted as, how a worker crashed,
+what a reload did. Pure.
 
 Each is written once here; log lines, status, metrics and the control protocol render them, and nothing matches
 prose. The enums are `str` enums, so a value is its own wire form (`"rolled"`, `"invalid"`) in JSON and labels.
@@ -6,6 +7,8 @@ prose. The enums are `str` enums, so a value is its own wire form (`"rolled"`, `
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass
 from enum import Enum
 
@@ -57,6 +60,65 @@ class RestartCause(str, Enum):
         return {KillReason.TIMEOUT: cls.TIMEOUT, KillReason.BOOT_TIMEOUT: cls.BOOT_TIMEOUT}.get(reason)
 
 
+class CrashCause(str, Enum):
+    """How a worker died when nobody asked it to (`forkserve_worker_crashes_total{cause}`, status `crashes`).
+
+    A bounded set, so the metric's label cardinality is: a boot failure, a boot timeout, or, for a worker that
+    was ready, the fatal signals by name (SIGKILL is usually the OOM killer), any other signal, or an exit."""
+
+    BOOT_FAILURE = "boot_failure"  # exited before it reported ready (the import failed, ...)
+    BOOT_TIMEOUT = "boot_timeout"  # killed: not ready within boot_timeout
+    SIGSEGV = "SIGSEGV"
+    SIGBUS = "SIGBUS"
+    SIGABRT = "SIGABRT"
+    SIGFPE = "SIGFPE"
+    SIGILL = "SIGILL"
+    SIGKILL = "SIGKILL"
+    SIGNAL = "signal"  # any other signal
+    EXIT_0 = "exit_0"  # exited on its own with status 0 (sys.exit() in the app, ...)
+    EXIT_ERROR = "exit_error"  # exited on its own with another status (os._exit(1), ...)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def of_status(cls, status: int) -> CrashCause:
+        """The cause of a ready worker's death, from its wait status."""
+        if os.WIFSIGNALED(status):
+            try:
+                return cls(signal.Signals(os.WTERMSIG(status)).name)
+            except ValueError:
+                return cls.SIGNAL
+        return cls.EXIT_0 if os.waitstatus_to_exitcode(status) == 0 else cls.EXIT_ERROR
+
+
+@dataclass(frozen=True)
+class Crash:
+    """The last unexpected death of a ready worker of an app, and what it was serving (from its shared-memory
+    slot): logged when it happens, shown by status."""
+
+    pid: int
+    cause: CrashCause
+    how: str  # "killed by SIGSEGV", "exit code 1" (`process.describe_exit`)
+    at: float  # monotonic
+    serving: str = ""  # "GET /report?id=7" (bounded, as the worker wrote it), "" when it served nothing
+    serving_for: float = 0.0  # seconds the request had run when the worker died
+    in_flight: int = 0  # requests in flight (a gevent worker may have many; `serving` is the latest started)
+
+    def line(self, app: str) -> str:
+        """`app web: worker 123 died unexpectedly (killed by SIGSEGV) while serving GET /report?id=7 for 0.4s`."""
+        text = f"app {app}: worker {self.pid} died unexpectedly ({self.how})"
+        if self.serving:
+            text += f" while serving {self.serving} for {self.serving_for:.1f}s"
+            if self.in_flight > 1:
+                text += f" (the latest of {self.in_flight} requests in flight)"
+        elif self.in_flight:
+            text += f" with {self.in_flight} requests in flight"
+        else:
+            text += " while idle"
+        return text
+
+
 class ReloadKind(str, Enum):
     APPLIED = "applied"  # a valid file with new content (or an explicit reload) was applied
     RESTORED = "restored"  # after an invalid edit, the file is back to the content that runs
@@ -79,11 +141,13 @@ class ReloadOutcome:
     revision: str = ""
     summary: str = ""  # APPLIED: what changed, in words (`changes.summary`)
     problems: int = 0  # INVALID: how many diagnostics
+    rolled: tuple[str, ...] = ()  # APPLIED by an explicit reload: the apps whose code rolls
 
     def line(self) -> str:
         """The result line: logged, kept as status `site.last_result`, returned by `forkserve reload`."""
         if self.kind is ReloadKind.APPLIED:
-            return f"site revision {self.revision} applied: {self.summary}"
+            rolling = f"; code rolling: {', '.join(self.rolled)}" if self.rolled else ""
+            return f"site revision {self.revision} applied: {self.summary}{rolling}"
         if self.kind is ReloadKind.RESTORED:
             return f"site file is back to revision {self.revision}: no changes"
         if self.kind is ReloadKind.INVALID:
@@ -109,9 +173,10 @@ class ReloadOutcome:
         return {ReloadKind.INVALID: "invalid", ReloadKind.MISSING: "missing", ReloadKind.ERROR: "error"}.get(
             self.kind, "applied")
 
-    def to_wire(self) -> dict[str, str]:
+    def to_wire(self) -> dict[str, object]:
         """The `reload` reply of the control protocol: {"result": line, "outcome": kind, "revision": ...}."""
-        return {"result": self.line(), "outcome": self.kind.value, "revision": self.revision}
+        return {"result": self.line(), "outcome": self.kind.value, "revision": self.revision,
+                "rolled": list(self.rolled)}
 
     @classmethod
     def from_wire(cls, reply: dict[str, object]) -> ReloadOutcome:
@@ -134,3 +199,4 @@ class ReloadOutcome:
 
 RELOAD_RESULTS = ("applied", "invalid", "missing", "error")
 RESTART_CAUSES = tuple(cause.value for cause in RestartCause)
+CRASH_CAUSES = tuple(cause.value for cause in CrashCause)

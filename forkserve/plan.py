@@ -16,7 +16,11 @@ Per app, workers split into *current* (live, the desired revision, not asking to
 - the desired revision held back by its backoff: **hold** — the scale and roll rules above aim at the newest
   revision that ran healthy (`Observed.proven`) instead: its workers keep serving, those that die are replaced
   *from that revision*, and its recycle requests roll within it. A crash of an old worker during a bad deploy
-  therefore costs no capacity. The roll to the desired revision resumes when the backoff expires.
+  therefore costs no capacity. The roll to the desired revision resumes when the backoff expires. The proven
+  revision has a backoff of its own (after an in-place deploy it imports the broken code on disk too): while
+  both are held back nothing is spawned.
+Crashes of ready workers are not boot failures (`forkserve.backoff`): their replacements spawn at once, except
+that while the app's crash bucket is below zero, that many of the app's spawns wait for their token.
 Liveness is decided here too: a booting worker past `boot_timeout`, a ready one silent for `timeout` (SIGABRT,
 then SIGKILL), a draining one past its deadline. Listeners open before the workers that use them spawn (same
 plan, earlier action), and close only after no desired app names them and no worker holds them.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, replace
 
+from forkserve import backoff
 from forkserve.config.binds import BindAddress
 from forkserve.outcomes import KillReason, RetireReason
 from forkserve.spec import AppSpec, DesiredState
@@ -114,15 +119,30 @@ def _app(spec: AppSpec, live: list[WorkerView], observed: Observed, available: f
          now: float) -> list[Action]:
     current = [w for w in live if w.revision == spec.revision and not w.recycle]
     outdated = [w for w in live if w.revision != spec.revision or w.recycle]
-    backoff = observed.backoff.get((spec.name, spec.revision))
-    held_back = backoff is not None and backoff.retry_at > now
+    held_back = _held_back(observed, spec, now)
     proven = observed.proven.get(spec.name)
     if held_back and proven is not None and proven.revision != spec.revision:
-        return _hold(spec, proven, current, outdated, available)
-    may_spawn = all(b in available for b in spec.binds) and not held_back
-    if not outdated:
-        return _scale(spec, current, may_spawn)
-    return _roll(spec, current, outdated, may_spawn)
+        actions = _hold(spec, proven, current, outdated, available, _held_back(observed, proven, now))
+    else:
+        may_spawn = all(b in available for b in spec.binds) and not held_back
+        actions = _roll(spec, current, outdated, may_spawn) if outdated else _scale(spec, current, may_spawn)
+    return _defer(actions, backoff.deferred(observed.crashes.get(spec.name), now))
+
+
+def _held_back(observed: Observed, spec: AppSpec, now: float) -> bool:
+    """Is this revision of the app waiting out a boot-failure backoff?"""
+    entry = observed.backoff.get((spec.name, spec.revision))
+    return entry is not None and entry.retry_at > now
+
+
+def _defer(actions: list[Action], waiting: int) -> list[Action]:
+    """Leave out the last `waiting` spawns: replacements of crashed workers waiting for a token of the app's
+    crash bucket. (Applying the plan and planning again still adds nothing: the bucket does not move.)"""
+    if waiting <= 0:
+        return actions
+    spawns = [i for i, a in enumerate(actions) if isinstance(a, Spawn)]
+    dropped = set(spawns[max(0, len(spawns) - waiting):])
+    return [a for i, a in enumerate(actions) if i not in dropped]
 
 
 def _scale(spec: AppSpec, current: list[WorkerView], may_spawn: bool) -> list[Action]:
@@ -155,16 +175,17 @@ def _roll(spec: AppSpec, current: list[WorkerView], outdated: list[WorkerView], 
 
 
 def _hold(spec: AppSpec, proven: AppSpec, current: list[WorkerView], outdated: list[WorkerView],
-          available: frozenset[BindAddress]) -> list[Action]:
+          available: frozenset[BindAddress], proven_held_back: bool) -> list[Action]:
     """The desired revision cannot boot: keep `spec.workers` serving from the proven revision meanwhile, by the
     same scale and roll rules aimed at it (so older revisions and recycle requests still roll, within the same
-    surge and floor). Ready workers of the desired revision count; booting ones are left to boot or fail."""
+    surge and floor). Ready workers of the desired revision count; booting ones are left to boot or fail. When
+    the proven revision cannot boot either (its own backoff), nothing is spawned until one of them may retry."""
     ready_new = sum(w.phase is Phase.READY for w in current)
     target = replace(proven, workers=max(0, spec.workers - ready_new), max_surge=spec.max_surge,
                      max_unavailable=spec.max_unavailable)
     mine = [w for w in outdated if w.revision == proven.revision and not w.recycle]
     others = [w for w in outdated if w.revision != proven.revision or w.recycle]
-    may_spawn = all(b in available for b in proven.binds)
+    may_spawn = all(b in available for b in proven.binds) and not proven_held_back
     actions = _roll(target, mine, others, may_spawn) if others else _scale(target, mine, may_spawn)
     return [Spawn(proven) if isinstance(a, Spawn) else a for a in actions]  # the proven spec, not the target
 

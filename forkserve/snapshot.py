@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forkserve.channel import DURATION_BUCKETS, Counters
+from forkserve.channel import DURATION_BUCKETS, Counters, Serving
 from forkserve.config.binds import BindAddress
+from forkserve.outcomes import Crash
 from forkserve.spec import DesiredState
 from forkserve.state import Backoff, Phase
 
@@ -46,6 +47,7 @@ class WorkerSnapshot:
     started: float
     recycle: bool
     counters: Counters
+    serving: Serving | None = None  # the request it started last and still runs (shared memory)
 
     @property
     def live(self) -> bool:
@@ -87,6 +89,8 @@ class Snapshot:
     exited: dict[str, Totals]  # per app: what workers that are gone served
     loop_errors: int = 0  # loop steps that raised since start (logged with their traceback)
     last_loop_error: str = ""
+    crashes: dict[tuple[str, str], int] = field(default_factory=dict)  # (app, CrashCause value) -> count
+    last_crash: dict[str, Crash] = field(default_factory=dict)  # app -> its last crash of a ready worker
 
     def to_wall(self, t: float) -> float:
         return round(self.wall - (self.now - t), 3)

@@ -48,11 +48,22 @@ class WorkerView:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Crash-loop state of one (app, revision): no spawn before `retry_at`."""
+    """Boot-failure state of one (app, revision): no spawn before `retry_at` (`forkserve.backoff`)."""
 
     failures: int = 0
     retry_at: float = 0.0
     last_error: str = ""
+    failed_at: float = 0.0  # the last failure: only a worker started after it can clear the record
+
+
+@dataclass(frozen=True)
+class CrashBudget:
+    """The crash-replacement token bucket of one app (`forkserve.backoff`): `level` tokens at time `at`, refilling
+    up to `capacity`; below zero, that many replacements of crashed ready workers wait for their token."""
+
+    level: float
+    at: float
+    capacity: float
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class Observed:
     backoff: dict[tuple[str, str], Backoff] = field(default_factory=dict)  # (app, revision) -> state
     bind_retry_at: dict[BindAddress, float] = field(default_factory=dict)  # failed binds: next attempt
     proven: dict[str, AppSpec] = field(default_factory=dict)  # app -> newest desired spec that ran healthy
+    crashes: dict[str, CrashBudget] = field(default_factory=dict)  # app -> crash-replacement bucket
 
     def of_app(self, app: str) -> list[WorkerView]:
         return [w for w in self.workers.values() if w.app == app]

@@ -16,11 +16,18 @@ keys are only ever added. Times are seconds; `*_at` values are Unix wall-clock t
          "proven_revision": "8e1f0a2b",   # the newest desired revision that ran healthy: the fallback
          "desired": 2, "running": 2, "ready": 2, "updated": 2,
          "state": "running",               # running | rolling | degraded | backoff | removing
+         "reason": "",                     # why the app is not converged, in words ("" when running): see below
          "backoff": null,                  # or {"failures": 3, "retry_at": ..., "retry_in": 4.2, "error": "..."}
          "restarts": {"crash": 0, "timeout": 0, "boot_timeout": 0, "max_requests": 0, "rolled": 2},
+         "crashes": {"SIGSEGV": 1},        # unexpected deaths by cause (outcomes.CrashCause), only those seen
+         "last_crash": null,               # or {"pid": 815, "cause": "SIGSEGV", "exit": "killed by SIGSEGV",
+                                           #     "at": ..., "serving": "GET /report?id=7", "serving_for": 0.4,
+                                           #     "in_flight": 1}: the last ready worker that died unasked
          "binds": [{"bind": "tcp://127.0.0.1:0", "address": "tcp://127.0.0.1:40213", "error": null}],
          "workers": [{"pid": 815, "revision": "8e1f0a2b", "age": 80.1, "state": "idle", "ready": true,
-                      "requests": 120, "in_flight": 0, "connections": 0, "rss": 23134208}]}
+                      "requests": 120, "in_flight": 0, "connections": 0, "rss": 23134208,
+                      "serving": null}]}   # or {"request": "GET /report?id=7", "for": 0.2}: the request
+                                           # started last and still running (shared memory, channel.py)
       ]
     }
 
@@ -31,6 +38,11 @@ a roll the old ones still serve), `updated` the ready ones of the desired revisi
 workers of the desired revision crash; waiting until `retry_at`), rolling (live workers of another revision
 remain), degraded (fewer up-to-date ready workers than desired), running (converged), removing (no longer
 in the site file, workers still draining).
+
+`reason` says the same in words, for people and deploy pipelines (`forkserve wait`): "" when running;
+"revision 3f2a9c1d cannot boot: ImportError: ..." in backoff (the last line of `backoff.error`, which holds the
+whole boot error); "rolling: 1/2 updated"; "degraded: 1/2 updated (1 booting)"; "removed from the site file: 1
+worker draining".
 """
 
 from __future__ import annotations
@@ -91,6 +103,20 @@ def _state(snap: Snapshot, name: str, live: list[WorkerSnapshot], updated: int, 
     return "degraded" if updated < spec.workers else "running"
 
 
+def reason(state: str, revision: str, desired: int, updated: int, live: list[WorkerSnapshot],
+           backoff: dict[str, Any] | None) -> str:
+    """The app's `reason` (see the module docstring)."""
+    if state == "backoff" and backoff is not None:
+        lines = [line.strip() for line in str(backoff["error"]).splitlines() if line.strip()]
+        return f"revision {revision} cannot boot: {lines[-1] if lines else 'its workers exit during boot'}"
+    if state == "removing":
+        return f"removed from the site file: {len(live)} worker{'' if len(live) == 1 else 's'} draining"
+    if state in ("rolling", "degraded"):
+        booting = sum(1 for w in live if w.phase is not Phase.READY)
+        return f"{state}: {updated}/{desired} updated" + (f" ({booting} booting)" if booting else "")
+    return ""
+
+
 def _app(snap: Snapshot, name: str, with_workers: bool) -> dict[str, Any]:
     spec = snap.desired.apps.get(name)
     mine = snap.workers_of(name)
@@ -105,6 +131,7 @@ def _app(snap: Snapshot, name: str, with_workers: bool) -> dict[str, Any]:
                    "retry_in": round(entry.retry_at - snap.now, 3), "error": entry.last_error}
     binds = [{"bind": str(bind), "address": snap.addresses.get(bind), "error": snap.bind_errors.get(bind)}
              for bind in (spec.binds if spec else ())]
+    state = _state(snap, name, live, updated, backoff)
     return {
         "name": name,
         "in_site": spec is not None,
@@ -114,9 +141,12 @@ def _app(snap: Snapshot, name: str, with_workers: bool) -> dict[str, Any]:
         "running": len(live),
         "ready": ready,
         "updated": updated,
-        "state": _state(snap, name, live, updated, backoff),
+        "state": state,
+        "reason": reason(state, revision, spec.workers if spec else 0, updated, live, backoff),
         "backoff": backoff,
         "restarts": {cause: snap.restarts.get((name, cause), 0) for cause in RESTART_CAUSES},
+        "crashes": {cause: n for (app, cause), n in sorted(snap.crashes.items()) if app == name and n},
+        "last_crash": _last_crash(snap, name),
         "binds": binds,
         "workers": [_worker(snap, w) for w in mine] if with_workers else [],
     }
@@ -133,4 +163,15 @@ def _worker(snap: Snapshot, w: WorkerSnapshot) -> dict[str, Any]:
         "in_flight": w.counters.in_flight,
         "connections": w.counters.connections,
         "rss": rss_bytes(w.pid),
+        "serving": {"request": w.serving.text, "for": round(max(0.0, snap.now - w.serving.started), 3)}
+        if w.serving is not None else None,
     }
+
+
+def _last_crash(snap: Snapshot, name: str) -> dict[str, Any] | None:
+    crash = snap.last_crash.get(name)
+    if crash is None:
+        return None
+    return {"pid": crash.pid, "cause": crash.cause.value, "exit": crash.how, "at": snap.to_wall(crash.at),
+            "serving": crash.serving or None, "serving_for": round(crash.serving_for, 3) if crash.serving else None,
+            "in_flight": crash.in_flight}

@@ -15,10 +15,10 @@ Subclasses (per worker class) provide `_recv(n, timeout)` and may override `_sen
 from __future__ import annotations
 
 import socket
-from time import perf_counter
+from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
 
-from forkserve.channel import CONNECTIONS, IN_FLIGHT
+from forkserve.channel import CONNECTIONS, IN_FLIGHT, REQUEST_START
 from forkserve.http.body import EMPTY, ClientDisconnected
 from forkserve.http.parse import REASONS, ParseError, RequestParser
 from forkserve.http.response import FileWrapper, error_response
@@ -129,7 +129,13 @@ class Connection(ResponseWriter):
         """Answer one request. True: the connection may carry another one."""
         ctx = self.ctx
         slot = ctx.slot
-        start = perf_counter()
+        starts = ctx.starts
+        start = monotonic()
+        method = env["REQUEST_METHOD"]
+        uri = env["RAW_URI"]
+        if uri is not ctx.shown_uri or method is not ctx.shown_method:  # what the slot shows (for a crash)
+            ctx.show(method, uri)
+        starts[REQUEST_START] = start
         slot[IN_FLIGHT] += 1
         self.status = None
         self.headers = None
@@ -139,7 +145,7 @@ class Connection(ResponseWriter):
         self.remaining = -1
         self.stream = stream
         self.keep = keep and ctx.keepalive > 0
-        self.head = env["REQUEST_METHOD"] == "HEAD"
+        self.head = method == "HEAD"
         self.http10 = env["SERVER_PROTOCOL"] != "HTTP/1.1"
         result = None
         try:
@@ -156,11 +162,13 @@ class Connection(ResponseWriter):
             self.app_failed(env, exc)
         finally:
             slot[IN_FLIGHT] -= 1
+            if starts[REQUEST_START] == start:  # still the latest started (gevent: others may have started since)
+                starts[REQUEST_START] = 0.0
             if result is not None and type(result) is not list:
                 self.close_result(result)
             if stream is not EMPTY:
                 stream.conn = None
-        duration = perf_counter() - start
+        duration = monotonic() - start
         ctx.record(self.code, duration)
         if ctx.access is not None:
             ctx.access(env, self.code, self.nbytes, duration)

@@ -4,6 +4,9 @@ One `Context` per worker process, built after its app is imported; every connect
 on every request, so it is a plain object with attributes (no properties, no dict lookups). It also owns the
 worker's request-path caches (parsed header names and targets, rendered header blocks) and its `Clock`: state
 that used to be module globals, now created per worker and reached through the connection's `ctx`.
+
+`show` writes what the worker is serving into its shared-memory slot (`forkserve.channel`): the master reads it
+when a ready worker dies, to log the request that killed it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from forkserve.channel import REQUEST_LEN, REQUEST_START, TEXT_BYTES
 from forkserve.http.parse import ParseCache
 from forkserve.http.response import Clock, FileWrapper, HeadCache
 
@@ -22,9 +26,14 @@ class Context:
     def __init__(self, app: Callable[..., Any], slot: Any, record: Callable[[int, float], None],
                  log: Any, *, keepalive: float, timeout: float, limit_line: int, limit_fields: int,
                  limit_field: int, access: Callable[..., None] | None, max_requests: int,
-                 on_max_requests: Callable[[], None], clock: Clock | None = None) -> None:
+                 on_max_requests: Callable[[], None], clock: Clock | None = None, text: Any = None,
+                 starts: Any = None) -> None:
         self.app = app
         self.slot = slot
+        self.starts = starts if starts is not None else slot  # the slot as doubles: starts[REQUEST_START]
+        self.text = text if text is not None else bytearray(TEXT_BYTES)  # the slot's "METHOD target" bytes
+        self.shown_method = ""  # what `text` holds: the same str objects as the environ's (the parse cache
+        self.shown_uri = ""  # hands out one object per distinct method and target), so a check is `is`
         self.record = record
         self.log = log
         self.keepalive = keepalive  # 0: no keep-alive (the sync worker always uses 0)
@@ -40,6 +49,20 @@ class Context:
         self.clock = clock if clock is not None else Clock()  # shared with the access log when there is one
         self.heads = HeadCache()
         self.parse_cache = ParseCache()
+
+    def show(self, method: str, uri: str) -> None:
+        """Write "METHOD target" (cut at TEXT_BYTES) into the slot: a memory copy, no syscall. Called by the
+        request path only when the text differs from the one already shown."""
+        self.starts[REQUEST_START] = 0.0  # no request named while the text changes (a reader sees it move)
+        data = f"{method} {uri}".encode()  # UTF-8: a copy for ASCII (the fastest encoder; channel.py decodes it)
+        n = len(data)
+        if n <= TEXT_BYTES:
+            self.text[:n] = data
+        else:
+            self.text[:] = data[:TEXT_BYTES]
+        self.slot[REQUEST_LEN] = n
+        self.shown_method = method
+        self.shown_uri = uri
 
 
 def base_environ(listener: socket.socket, errors: Any) -> dict[str, Any]:

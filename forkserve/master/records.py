@@ -19,11 +19,11 @@ from typing import Protocol
 from forkserve import backoff, process
 from forkserve.channel import MasterEnd
 from forkserve.config.binds import BindAddress
-from forkserve.outcomes import RestartCause
+from forkserve.outcomes import Crash, CrashCause, RestartCause
 from forkserve.snapshot import SiteSnapshot, Snapshot, Totals, WorkerSnapshot
 from forkserve.sockets import Listener
 from forkserve.spec import AppSpec, DesiredState
-from forkserve.state import Backoff, Observed, Phase, WorkerView
+from forkserve.state import Backoff, CrashBudget, Observed, Phase, WorkerView
 
 log = logging.getLogger("forkserve")
 
@@ -55,6 +55,9 @@ class Records:
         self.bind_retry_at: dict[BindAddress, float] = {}
         self.bind_errors: dict[BindAddress, str] = {}
         self.restarts: Counter[tuple[str, str]] = Counter()
+        self.crashes: Counter[tuple[str, str]] = Counter()  # (app, CrashCause value) -> unexpected deaths
+        self.last_crash: dict[str, Crash] = {}  # app -> the last crash of a ready worker (what it was serving)
+        self.crash_budget: dict[str, CrashBudget] = {}  # app -> crash-replacement token bucket (backoff.py)
         self.exited: dict[str, Totals] = {}  # per app: counters of workers that are gone (read once, at exit)
         self.converged: dict[str, str] = {}  # app -> "revision/count" it last fully converged to (for the log)
 
@@ -65,6 +68,7 @@ class Records:
             backoff=dict(self.backoff),
             bind_retry_at=dict(self.bind_retry_at),
             proven=dict(self.proven),
+            crashes=dict(self.crash_budget),
         )
 
     def snapshot(self, desired: DesiredState, site: SiteSnapshot, *, now: float, wall: float, pid: int,
@@ -75,7 +79,7 @@ class Records:
             now=now, wall=wall, pid=pid, started_at=started_at, started_wall=started_wall,
             control_socket=control_socket, site=site, desired=desired,
             workers=tuple(WorkerSnapshot(r.view.pid, r.view.app, r.view.revision, r.view.phase, r.view.started,
-                                         r.view.recycle, r.end.counters()) for r in workers),
+                                         r.view.recycle, r.end.counters(), r.end.serving()) for r in workers),
             addresses={bind: listener.address for bind, listener in self.listeners.items()},
             bind_errors=dict(self.bind_errors),
             backoff=dict(self.backoff),
@@ -83,6 +87,7 @@ class Records:
             restarts=dict(self.restarts),
             exited={app: totals.copy() for app, totals in self.exited.items()},
             loop_errors=loop_errors, last_loop_error=last_loop_error,
+            crashes=dict(self.crashes), last_crash=dict(self.last_crash),
         )
 
     # ---- what the executor records ------------------------------------------------------------------------
@@ -94,8 +99,11 @@ class Records:
         self.workers[pid] = WorkerRecord(view, end, spec)
         self.fds.watch(end.read_fd)
 
-    def failed(self, app: str, revision: str, now: float, error: str) -> Backoff:
-        """A boot failure of (app, revision): the next spawn of it waits longer."""
+    def failed(self, app: str, revision: str, now: float, error: str,
+               cause: CrashCause = CrashCause.BOOT_FAILURE) -> Backoff:
+        """A boot failure of (app, revision) (a worker's or a preload process's): the next spawn of it waits
+        longer, whatever the revision (the proven one too: see `forkserve.backoff`)."""
+        self.crashes[(app, cause.value)] += 1
         key = (app, revision)
         self.backoff[key] = backoff.after_failure(self.backoff.get(key), now, error)
         return self.backoff[key]
@@ -153,33 +161,62 @@ class Records:
         self._after_exit(record, status, now, stopping)
 
     def _after_exit(self, record: WorkerRecord, status: int, now: float, stopping: bool) -> None:
+        """Boot failure (never ready: back off this revision) or crash of a ready worker (count it, log what it
+        was serving, take a token of the app's crash bucket: the plan replaces it within the rate). The rules
+        and their numbers are `forkserve.backoff`'s."""
         view = record.view
         how = process.describe_exit(status)
         if view.phase is Phase.DRAINING or stopping:  # retired, or stopping (TERM may reach the whole process
             # group from systemd or a shell, so workers can be quicker than our own retire)
             log.debug("worker %d of %s exited (%s)", view.pid, view.app, how)
             return
-        if view.ready_at is None:
-            error = record.boot_error.strip() or f"worker exited during boot ({how})"
+        if backoff.is_boot_failure(view):
+            timed_out = view.kill_signal is not None  # the plan killed it for its boot timeout
+            error = record.boot_error.strip() or (
+                f"not ready within boot_timeout ({view.boot_timeout:g}s)" if timed_out
+                else f"worker exited during boot ({how})")
             log.error("app %s (revision %s): worker %d failed to boot (%s):\n%s", view.app, view.revision,
                       view.pid, how, indent(error))
-        else:
-            error = f"worker {view.pid} died ({how})"
-            if view.phase is not Phase.KILLED:
-                self.count_restart(view.app, RestartCause.CRASH)
-                log.warning("app %s: worker %d died unexpectedly (%s); replacing it", view.app, view.pid, how)
-        if backoff.is_failure(view, now):
-            entry = self.failed(view.app, view.revision, now, error)
+            entry = self.failed(view.app, view.revision, now, error,
+                                CrashCause.BOOT_TIMEOUT if timed_out else CrashCause.BOOT_FAILURE)
             if entry.failures > 1:
                 log.warning("app %s: %d failures in a row; next try in %.0fs", view.app, entry.failures,
                             entry.retry_at - now)
+            return
+        if not backoff.is_crash(view):  # killed by the plan (timeout): replaced in that plan, counted there
+            log.debug("worker %d of %s exited (%s)", view.pid, view.app, how)
+            return
+        self.count_restart(view.app, RestartCause.CRASH)
+        crash = self._crash(record, status, how, now)
+        self.crashes[(view.app, crash.cause.value)] += 1
+        self.last_crash[view.app] = crash
+        budget = backoff.after_crash(self.crash_budget.get(view.app), now,
+                                     backoff.crash_capacity(record.spec.workers))
+        self.crash_budget[view.app] = budget
+        wait = backoff.wait(budget, now)
+        when = "replacing it" if wait <= 0 else (
+            f"replacing it in {wait:.1f}s (crash replacements are limited to {backoff.CRASH_RATE:g}/s after a "
+            f"burst of {budget.capacity:g})")
+        log.warning("%s; %s", crash.line(view.app), when)
+
+    @staticmethod
+    def _crash(record: WorkerRecord, status: int, how: str, now: float) -> Crash:
+        """What the dead worker's slot says it was serving (shared memory outlives the process)."""
+        serving = record.end.serving()
+        return Crash(pid=record.view.pid, cause=CrashCause.of_status(status), how=how, at=now,
+                     serving=serving.text if serving else "",
+                     serving_for=max(0.0, now - serving.started) if serving else 0.0,
+                     in_flight=record.end.counters().in_flight)
 
     def note_healthy(self, desired: DesiredState, now: float) -> None:
         """A revision with a healthy worker is out of backoff, and, when desired, the app's proven revision.
         Healthy rather than merely ready: code that crashes seconds after boot is not something to fall back on."""
         healthy = {(r.view.app, r.view.revision) for r in self.workers.values() if backoff.healthy(r.view, now)}
-        for key in [k for k in self.backoff if k in healthy]:
-            del self.backoff[key]
+        for key, entry in list(self.backoff.items()):  # only a worker started after the last failure clears it:
+            # old healthy workers prove nothing about the code on disk now (a bad in-place deploy)
+            if key in healthy and any((r.view.app, r.view.revision) == key and backoff.clears(entry, r.view, now)
+                                      for r in self.workers.values()):
+                del self.backoff[key]
         for name, spec in desired.apps.items():
             if (name, spec.revision) in healthy:
                 self.proven[name] = spec

@@ -124,7 +124,8 @@ class Worker:
             timeout=spec.timeout, limit_line=spec.limit_request_line, limit_fields=spec.limit_request_fields,
             limit_field=spec.limit_request_field_size, access=self.access,
             max_requests=spec.max_requests + jitter if spec.max_requests > 0 else 0,
-            on_max_requests=self.max_requests_reached, clock=self.clock)
+            on_max_requests=self.max_requests_reached, clock=self.clock, text=self.channel.text,
+            starts=self.channel.starts)
 
     # -- serving helpers --
 

@@ -14,7 +14,7 @@ from forkserve.config.binds import parse_bind
 from forkserve.config.models import SiteConfig
 from forkserve.plan import KILL_GRACE, Action, CloseListener, Kill, OpenListener, Retire, Spawn, plan
 from forkserve.spec import DesiredState
-from forkserve.state import Backoff, Observed, Phase, WorkerView
+from forkserve.state import Backoff, CrashBudget, Observed, Phase, WorkerView
 
 NOW = 1000.0
 A = parse_bind("127.0.0.1:8001")
@@ -266,6 +266,11 @@ def scenarios(draw: st.DrawFn) -> tuple[DesiredState, Observed]:
     if draw(st.booleans()):  # the desired revision cannot boot; the other one did
         extra = {"backoff": {("api", d.apps["api"].revision): Backoff(1, NOW + draw(st.sampled_from([-1, 1])), "x")},
                  "proven": {"api": other.apps["api"]}}
+        if draw(st.booleans()):  # and the proven one cannot boot either now (a bad in-place deploy)
+            extra["backoff"][("api", other.apps["api"].revision)] = Backoff(  # type: ignore[index]
+                1, NOW + draw(st.sampled_from([-1, 1])), "y")
+    if draw(st.booleans()):  # crashed ready workers, some of whose replacements wait for a token
+        extra["crashes"] = {"api": CrashBudget(draw(st.sampled_from([-2.5, -1.0, 0.0, 3.0])), NOW, 5.0)}
     listeners = draw(st.sampled_from([frozenset(), frozenset({A}), frozenset({A, B})]))
     return d, observed(*workers, listeners=listeners, **extra)
 
