@@ -46,8 +46,21 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
             cmd.add_argument("--ready", action="store_true",
                              help="exit 0 only when every app has its desired ready workers")
+        if name == "reload":
+            cmd.add_argument("apps", nargs="*", metavar="APP", help="apps whose code to roll (default: all)")
         if name == "stop":
             cmd.add_argument("--fast", action="store_true")
+
+    wait = sub.add_parser("wait", help="wait until the apps run their desired revision, all workers ready; "
+                                       "exit 0 done, 1 failing, 2 timeout or error")
+    wait.add_argument("site", help="site file of the master")
+    wait.add_argument("apps", nargs="*", metavar="APP", help="apps to wait for (default: every app of the site)")
+    wait.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up after S seconds (300)")
+    wait.add_argument("--settle", type=float, default=2.0, metavar="S",
+                      help="when the first answer is already 'done' or 'failing', watch S seconds more before "
+                           "believing it, so a change the master has not noticed yet is not missed "
+                           "(2; 0 after `forkserve reload`)")
+    wait.add_argument("--socket", help="control socket path (default: derived from the site file)")
 
     plan = sub.add_parser("plan", help="show what applying SITE would change; exit 0 none, 1 some, 2 error")
     plan.add_argument("site")

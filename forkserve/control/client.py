@@ -1,4 +1,4 @@
-"""`forkserve status|reload|stop|plan`: talk to a running master over its control socket.
+"""`forkserve status|reload|stop|plan|wait`: talk to a running master over its control socket.
 
 Which master: `--socket PATH` when given; otherwise the one of the site file (SITE, default `./site.toml`):
 its `[server] control_socket` when the file sets one and is valid, else the default per-site path
@@ -8,6 +8,8 @@ the same site path (any spelling: it is made absolute) and as the same user as `
 Exit codes:
     status           0 shown; 2 no master / error.   --ready: 0 every app has its desired ready workers, 1 not
     reload           0 applied or unchanged; 1 the file is invalid or missing (the old site keeps running); 2 error
+    wait             0 rolled out; 1 a rollout is failing (new code cannot boot, or the file is invalid); 2 timeout,
+                     an app the site does not have, no master, or error (`forkserve/control/wait.py`)
     stop             0 the master is stopping; 2 error
     plan             0 nothing would change; 1 something would; 2 the file is invalid, unreadable, or an error.
                      With no master running, the plan is made against an empty site (everything is added).
@@ -106,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
             return _plan(args.site, path)
         if command == "status":
             return _status(path, args)
+        if command == "wait":
+            return _wait(path, args)
         if command == "reload":
-            reply = call(path, Request("reload"))
+            reply = call(path, Request("reload", apps=tuple(getattr(args, "apps", ()) or ())))
             print(reply["result"])
             return CHANGED if ReloadOutcome.from_wire(reply).failed else OK
         if command == "stop":
@@ -123,6 +127,19 @@ def run(args: argparse.Namespace) -> int:
         return ERROR
     print(f"forkserve: unknown command {command!r}", file=sys.stderr)
     return ERROR
+
+
+# ---- wait ------------------------------------------------------------------------------------------------------
+
+
+def _wait(path: str, args: argparse.Namespace) -> int:
+    from forkserve.control.wait import wait
+
+    if args.timeout <= 0 or args.settle < 0:
+        print("forkserve wait: --timeout must be positive and --settle not negative", file=sys.stderr)
+        return ERROR
+    return wait(lambda: call(path, Request("status"), timeout=min(TIMEOUT, args.timeout)), args.apps,
+                timeout=args.timeout, settle=args.settle)
 
 
 # ---- status ----------------------------------------------------------------------------------------------------
@@ -202,6 +219,7 @@ def format_status(snap: dict[str, Any], colour: bool = False) -> str:
         out += [f"  {e}" for e in site["errors"]]
     rows = [["APP", "STATE", "DESIRED", "RUNNING", "READY", "UPDATED", "REVISION", "RESTARTS", "BINDS"]]
     keys = [[""] * 9]
+    reasons = [(f"{a['name']}: {a['reason']}", a["state"]) for a in snap["apps"] if a.get("reason")]
     for app in snap["apps"]:
         state = app["state"]
         if app["backoff"]:
@@ -212,6 +230,8 @@ def format_status(snap: dict[str, Any], colour: bool = False) -> str:
                      str(app["updated"]), app["revision"] or "-", restarts, binds or "-"])
         keys.append(["", app["state"], "", "", "", "", "", "", ""])
     out += ["", table(rows, keys, colour)]
+    if reasons:
+        out += [""] + [_paint(text, state, colour) for text, state in reasons]
     errors = [f"{a['name']}: {a['backoff']['error']}" for a in snap["apps"] if a["backoff"] and a["backoff"]["error"]]
     if errors:
         out += ["", "last errors:"] + [f"  {e}" for e in errors]

@@ -27,8 +27,8 @@ def test_converged_site(fake_master) -> None:
     assert apps["web"] | {"workers": None, "binds": None, "restarts": None} == {
         "name": "web", "in_site": True, "revision": m.desired.apps["web"].revision,
         "proven_revision": m.desired.apps["web"].revision, "desired": 2, "running": 2,
-        "ready": 2, "updated": 2, "state": "running", "backoff": None, "workers": None, "binds": None,
-        "restarts": None}
+        "ready": 2, "updated": 2, "state": "running", "reason": "", "backoff": None, "workers": None, "binds": None,
+        "restarts": None, "crashes": {}, "last_crash": None}
     first = apps["web"]["workers"][0]
     assert (first["age"], first["state"], first["requests"], first["in_flight"]) == (10.0, "busy", 7, 1)
     assert apps["web"]["workers"][1]["state"] == "idle"
@@ -49,6 +49,7 @@ def test_scaled_rolling_backoff_and_removed(fake_master) -> None:
     snap = render(m.snap(now=5.0))
     web = next(a for a in snap["apps"] if a["name"] == "web")
     assert (web["desired"], web["running"], web["ready"], web["updated"], web["state"]) == (3, 3, 2, 0, "rolling")
+    assert web["reason"] == "rolling: 0/3 updated (1 booting)"
     assert [w["state"] for w in web["workers"]] == ["idle", "idle", "booting"]
     assert web["restarts"]["rolled"] == 1
     assert snap["ready"] is False
@@ -56,9 +57,11 @@ def test_scaled_rolling_backoff_and_removed(fake_master) -> None:
     web = next(a for a in render(m.snap(now=5.0, wall=100.0))["apps"] if a["name"] == "web")
     assert web["state"] == "backoff"
     assert web["backoff"] == {"failures": 2, "retry_at": 104.0, "retry_in": 4.0, "error": "boom"}
+    assert web["reason"] == f"revision {web['revision']} cannot boot: boom"
     m.set_site(SITE.split("[apps.api]")[0])  # api removed; its worker still drains
     api = next(a for a in render(m.snap())["apps"] if a["name"] == "api")
     assert (api["in_site"], api["state"], api["running"]) == (False, "removing", 1)
+    assert api["reason"] == "removed from the site file: 1 worker draining"
 
 
 def test_invalid_file_errors_and_table(fake_master) -> None:
@@ -73,4 +76,19 @@ def test_invalid_file_errors_and_table(fake_master) -> None:
     header = next(line for line in lines if line.startswith("APP  STATE"))
     row = next(line for line in lines if line.startswith("web "))
     assert row.index("degraded") == header.index("STATE")  # aligned columns
+    assert "web: degraded: 1/2 updated" in lines  # the reason, under the table
     assert "\033[33mdegraded" in format_status(snap, colour=True)
+
+
+def test_the_reason_of_a_backoff_is_the_last_line_of_the_boot_error(fake_master) -> None:
+    m = fake_master()
+    revision = m.desired.apps["web"].revision
+    error = "Traceback (most recent call last):\n  File \"x.py\", line 1\nImportError: cannot import name 'y'\n"
+    m.records.backoff[("web", revision)] = Backoff(failures=1, retry_at=9.0, last_error=error)
+    snap = render(m.snap(now=5.0))
+    web = next(a for a in snap["apps"] if a["name"] == "web")
+    assert web["reason"] == f"revision {revision} cannot boot: ImportError: cannot import name 'y'"
+    assert f"web: revision {revision} cannot boot: ImportError: cannot import name 'y'" in format_status(snap)
+    m.records.backoff[("web", revision)] = Backoff(failures=1, retry_at=9.0, last_error="")
+    web = next(a for a in render(m.snap(now=5.0))["apps"] if a["name"] == "web")
+    assert web["reason"] == f"revision {revision} cannot boot: its workers exit during boot"
