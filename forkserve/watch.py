@@ -14,6 +14,7 @@ inherit in a locked state.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,15 @@ class SiteWatcher:
             self._observer.join(timeout=2)
             self._observer = None
 
+
+def start_watcher(site_path: str, wake_fd: int, fallback: float) -> SiteWatcher | None:
+    """A running watcher, or None (logged) when it cannot start: the master's stat check every `fallback`
+    seconds still sees edits."""
+    watcher = SiteWatcher(site_path, wake_fd)
+    try:
+        watcher.start()
+    except OSError as exc:  # e.g. the inotify watch or instance limit
+        logging.getLogger("forkserve").warning("cannot watch %s for changes (%s); checking it every %.2gs instead",
+                                               site_path, exc, fallback)
+        return None
+    return watcher

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import selectors
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from forkserve import status
@@ -20,7 +20,7 @@ from forkserve.config.errors import ConfigError
 from forkserve.config.paths import default_control_socket
 from forkserve.control.planning import invalid_report, plan_report
 from forkserve.control.protocol import Request
-from forkserve.control.server import ControlServer, Reply
+from forkserve.control.server import ControlServer, ControlSocketError, ControlSocketInUse, Reply
 from forkserve.metrics import Metrics, MetricsServer
 from forkserve.notify import Notifier
 from forkserve.outcomes import ReloadOutcome
@@ -38,7 +38,8 @@ class Commands(Protocol):
 
     def observed(self) -> Observed: ...
 
-    def reload(self, respond: Callable[[ReloadOutcome], None] | None = None) -> None: ...
+    def reload(self, apps: Collection[str] = (), respond: Callable[[ReloadOutcome], None] | None = None) -> None:
+        ...
 
     def request_stop(self, fast: bool) -> None: ...
 
@@ -73,16 +74,23 @@ class ControlPlane:
         self.metrics_server: MetricsServer | None = None
 
     @property
-    def socket_path(self) -> str:
-        return self.server.path
+    def socket_path(self) -> str | None:
+        return self.server.path if self.server.sock is not None else None
 
     def open(self) -> None:
-        self.server.open()
+        try:
+            self.server.open()
+        except ControlSocketInUse:
+            raise
+        except ControlSocketError as exc:  # a read-only root file system, a foreign directory...: serve on
+            log.warning("no control socket (%s); serving without it: `forkserve status/reload/plan/wait` cannot "
+                        "reach this master (SIGHUP still reloads; metrics and probes are unaffected)", exc)
         if self.settings.metrics:
             self.metrics_server = MetricsServer(self.settings.metrics, self.metrics, self.selector,
                                                 self.inherited_fds)
             log.info("metrics on http://%s/metrics", self.metrics_server.address.removeprefix("tcp://"))
-        log.info("control socket %s", self.server.path)
+        if self.server.sock is not None:
+            log.info("control socket %s", self.server.path)
 
     def before_reload(self, explicit: bool) -> None:
         if explicit:  # SIGHUP, `forkserve reload`, `systemctl reload`: what systemd waits for
@@ -102,8 +110,8 @@ class ControlPlane:
     def _status(self, _request: Request, respond: Reply) -> None:
         respond(status.render(self.commands.snapshot()))
 
-    def _reload(self, _request: Request, respond: Reply) -> None:
-        self.commands.reload(lambda outcome: respond(outcome.to_wire()))
+    def _reload(self, request: Request, respond: Reply) -> None:
+        self.commands.reload(request.apps, lambda outcome: respond(outcome.to_wire()))
 
     def _stop(self, request: Request, respond: Reply) -> None:
         self.commands.request_stop(request.fast)

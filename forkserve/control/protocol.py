@@ -16,7 +16,7 @@ whose top level is not an object gets one error reply and the connection is clos
 Requests (client -> master); a fixed set of commands, each with a fixed set of arguments::
 
     {"command": "status"}
-    {"command": "reload"}
+    {"command": "reload", "apps": ["web"]}       # apps: optional; the apps whose code to roll (default: all)
     {"command": "stop", "fast": false}
     {"command": "plan", "path": "/srv/site.toml", "text": "<the file's content>"}
 
@@ -30,9 +30,10 @@ Replies (master -> client), exactly one per request, in order::
     {"ok": true, "result": {...}}
     {"ok": false, "error": "unknown command 'restart' (known: plan, reload, status, stop)"}
 
-The `result` of each command is described in `forkserve/control/client.py` (`status`: the snapshot of
-`forkserve/status.py`; `reload`: {"result": "<the master's result line>"}; `stop`: {"stopping": true,
-"fast": bool}; `plan`: see `forkserve/control/planning.py`).
+The `result` of each command is described in `forkserve/control/client.py`: `status`, the document of
+`forkserve/status.py`; `reload`, {"result": "<the master's result line>", "outcome": "applied", "revision":
+"...", "rolled": ["web"]} (`forkserve.outcomes.ReloadOutcome.to_wire`); `stop`, {"stopping": true, "fast":
+bool}; `plan`, see `forkserve/control/planning.py`.
 
 Example, bytes on the wire for a status request::
 
@@ -47,12 +48,13 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_FRAME = 4 * 1024 * 1024
+MAX_LIST = 1000  # names in a list argument (`reload`'s apps)
 HEADER = struct.Struct(">I")
 
 # The whole command set: name -> {argument: (type, required)}. Nothing is looked up by name elsewhere.
 COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "status": {},
-    "reload": {},
+    "reload": {"apps": (list, False)},
     "stop": {"fast": (bool, False)},
     "plan": {"path": (str, True), "text": (str, True)},
 }
@@ -68,10 +70,13 @@ class Request:
     fast: bool = False
     path: str = ""
     text: str = ""
+    apps: tuple[str, ...] = ()
 
     def to_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"command": self.command}
-        if self.command == "stop":
+        if self.command == "reload" and self.apps:
+            message["apps"] = list(self.apps)
+        elif self.command == "stop":
             message["fast"] = self.fast
         elif self.command == "plan":
             message["path"] = self.path
@@ -147,6 +152,10 @@ def parse_request(message: dict[str, Any]) -> Request:
         value = message[name]
         if type(value) is not kind:  # exact: true is not an int, 1 is not a bool
             raise ProtocolError(f"{command}: argument {name!r} must be a {kind.__name__}")
+        if isinstance(value, list):
+            if len(value) > MAX_LIST or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in value):
+                raise ProtocolError(f"{command}: argument {name!r} must be a list of at most {MAX_LIST} names")
+            value = tuple(value)
         args[name] = value
     return Request(command, **args)
 

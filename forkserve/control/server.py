@@ -49,7 +49,11 @@ Dispatch = Callable[[Request, Reply], None]
 
 
 class ControlSocketError(Exception):
-    pass
+    """The control socket cannot be opened (the master serves on without it, and says so)."""
+
+
+class ControlSocketInUse(ControlSocketError):
+    """Another live process listens on the socket: most likely a second master of the same site (fatal)."""
 
 
 def prepare_directory(path: str) -> None:
@@ -198,7 +202,7 @@ class ControlServer(LoopConnections):
         prepare_directory(self.path)
         problem = remove_stale_unix_socket(self.path)
         if problem:  # most likely another master of the same site file
-            raise ControlSocketError(problem)
+            raise (ControlSocketInUse if "already listening" in problem else ControlSocketError)(problem)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # 0600 from the moment the file exists
         try:

@@ -13,10 +13,9 @@ Nothing in the loop blocks on a worker or a child: retiring sends TERM and recor
 worker when the deadline has passed; a validation is a pipe in the selector. The master never imports app code,
 gevent or pydantic.
 
-A step that raises is logged with its traceback and counted (status `loop_errors`), and the loop goes on: the next
-wake-up re-plans from the records, which is how a level-triggered loop recovers. Only when the same step fails
-`MAX_STEP_FAILURES` times in a row does the master give up, and then by a graceful drain of every worker
-(`graceful_timeout`, then KILL), never by abandoning them.
+A step that raises is logged with its traceback and counted (status `loop_errors`); the loop goes on and the next
+wake-up re-plans from the records. The same step failing `MAX_STEP_FAILURES` times in a row stops the master by a
+graceful drain of every worker (`graceful_timeout`, then KILL), never by abandoning them.
 """
 
 from __future__ import annotations
@@ -29,17 +28,20 @@ import selectors
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from forkserve import process
 from forkserve.config.errors import ConfigError
 from forkserve.config.validate import Validated, Validation, load_site, read_site, signature
+from forkserve.deploy import RELEASE_CHECK
 from forkserve.logs import ErrorLog
 from forkserve.master.children import drain, import_worker_side, kill_now, set_title
+from forkserve.master.deployment import Deployment
 from forkserve.master.executor import Executor, ForkSpawner, Ports
 from forkserve.master.records import Records, indent
 from forkserve.master.sitefile import Reloads, SiteFile, Validations
+from forkserve.master.wakeup import Wakeup
 from forkserve.outcomes import ReloadKind, ReloadOutcome
 from forkserve.plan import OpenListener, plan
 from forkserve.preload import Preloads
@@ -77,14 +79,13 @@ class Master:
                                                            self.inherited_fds),
             close_listener=close_listener, send_signal=process.send_signal))
         self.validations = Validations(self.selector)
-        self.reloads = Reloads(self.site, self.validations, self._apply, self._before_reload, self._after_reload,
-                               self.records.backoff.clear, stopping=self.stopping)
+        self.deployment = Deployment(self.site, self.records, self)
+        self.reloads = Reloads(self.site, self.validations, self.deployment)
+        self.releases_checked_at = 0.0
         self.error_log = ErrorLog()
         self.started_at = time.monotonic()
         self.started_wall = time.time()
-        self.pending_signals: list[int] = []
         self.reload_requested = False
-        self.file_event_at: float | None = None
         self.watcher: SiteWatcher | None = None
         self.watching = False  # [server] watch: file events, or the timer's stat check alone if the watcher failed
         self.control: ControlPlane | None = None  # control socket, metrics, sd_notify (forkserve.control.plane)
@@ -92,9 +93,7 @@ class Master:
         self.gave_up = False  # a step kept failing: the master stops (exit 1) and, if need be, drains by hand
         self.loop_errors = 0
         self.last_loop_error = ""
-        self.wake_r, self.wake_w = os.pipe()
-        for fd in (self.wake_r, self.wake_w):
-            os.set_blocking(fd, False)
+        self.wakeup = Wakeup()
 
     # ---- start-up and shutdown ------------------------------------------------------------------------
 
@@ -114,8 +113,11 @@ class Master:
             raise StartupError(str(exc)) from None
         if not isinstance(early, Validation):
             import_worker_side({spec.worker_class for spec in loaded.desired.apps.values()})
-        self.error_log.setup(loaded.server)
-        self._apply(loaded, data)
+        try:
+            self.error_log.setup(loaded.server)
+        except OSError as exc:
+            raise StartupError(f"cannot open the error log {loaded.server.error_log}: {exc.strerror}") from None
+        self.deployment.apply(loaded, data, explicit=False)
         for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(var, None)  # sd_listen_fds(unset_environment=1): apps must not adopt these sockets
         now = time.monotonic()
@@ -126,8 +128,7 @@ class Master:
                 except BindError as exc:
                     self._close_all_listeners()
                     raise StartupError(f"app {action.app!r}: cannot bind {exc}") from None
-        self._install_signals()
-        self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake_pipe)
+        self.wakeup.install(self.selector)
         set_title(f"forkserve: master [{self.site.path}]")  # before the fork: workers find setproctitle loaded
         # The first workers are forked now: the time to a first response is the time to get here. The rest of
         # start-up (control socket, metrics, pidfile, watcher: ~30 ms, mostly imports) runs while they boot.
@@ -157,8 +158,10 @@ class Master:
             except OSError as exc:
                 raise StartupError(f"cannot write the pidfile {server.pidfile}: {exc.strerror}") from None
         if server.watch:  # a change made before the watcher's thread exists is caught by the stat check
+            from forkserve.watch import start_watcher
+
             self.watching = True
-            self._start_watcher()
+            self.watcher = start_watcher(self.site.path, self.wakeup.write_fd, TICK)
 
     def _abandon_children(self) -> None:
         """Start-up failed after the first fork: kill what was forked (it never served a known address for
@@ -170,18 +173,6 @@ class Master:
         self.records.workers.clear()
         self.preloads.zygotes.clear()
         self._close_all_listeners()
-
-    def _start_watcher(self) -> None:
-        from forkserve.watch import SiteWatcher
-
-        watcher = SiteWatcher(self.site.path, self.wake_w)
-        try:
-            watcher.start()
-        except OSError as exc:  # e.g. the inotify watch or instance limit: the stat check still sees edits
-            log.warning("cannot watch %s for changes (%s); checking it every %.2gs instead", self.site.path, exc,
-                        TICK)
-            return
-        self.watcher = watcher
 
     def _close_all_listeners(self) -> None:
         for listener in self.records.listeners.values():
@@ -234,6 +225,7 @@ class Master:
             ("heartbeats", self.records.read_heartbeats),
             ("reload", lambda: self._maybe_reload(now)),
             ("health", lambda: self.records.note_healthy(self.desired, now)),
+            ("outside", lambda: self._check_outside(now)),
             ("preload", lambda: self.preloads.tick(now)),
             ("plan", lambda: self.executor.execute(plan(self.desired, self.records.observed(), now), self.desired,
                                                    now)),
@@ -264,25 +256,8 @@ class Master:
 
     # ---- wake-ups ----------------------------------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        self.pending_signals.append(signum)  # only note it: the loop acts
-
-    def _drain_wake_pipe(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while data := os.read(self.wake_r, 4096):
-                if b"w" in data and self.file_event_at is None:  # the watcher (signals write their number)
-                    # debounce from the first event of a burst: later events cannot postpone the read; a read
-                    # that lands mid-burst is followed by another once the content changes again
-                    self.file_event_at = time.monotonic()
-
     def _handle_signals(self) -> None:
-        signals, self.pending_signals = self.pending_signals, []
-        for sig in signals:  # each on its own: a failure to act on one never loses the others
+        for sig in self.wakeup.take_signals():  # each on its own: a failure to act on one never loses the others
             self._guarded(f"signal {signal.Signals(sig).name}", functools.partial(self._handle_signal, sig))
 
     def _handle_signal(self, sig: int) -> None:
@@ -311,7 +286,7 @@ class Master:
     # ---- what records and preload processes call back (FdWatch, PreloadHost) --------------------------------
 
     def watch(self, fd: int) -> None:
-        self.selector.register(fd, selectors.EVENT_READ, _wake_only)
+        self.selector.register(fd, selectors.EVENT_READ, lambda: None)  # the loop's steps read what came
 
     def unwatch(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -345,12 +320,14 @@ class Master:
     def server_settings(self) -> ServerSettings | None:
         return self.site.server
 
-    def reload(self, respond: Callable[[ReloadOutcome], None] | None = None) -> None:
-        """An explicit reload (SIGHUP, `forkserve reload`): `respond` gets its outcome once it is known."""
+    def reload(self, apps: Collection[str] = (), respond: Callable[[ReloadOutcome], None] | None = None) -> None:
+        """An explicit reload (SIGHUP, `forkserve reload [APP...]`): re-read the file and roll the code of `apps`
+        (all by default). `respond` gets the outcome once it is known. ValueError: an app not in the site."""
         if self.desired.stopping:
             if respond is not None:
                 respond(ReloadOutcome(ReloadKind.STOPPING, self.site.revision))
             return
+        self.deployment.roll(apps)
         self.reloads.request(explicit=True, respond=respond)
 
     def plan_file(self, text: bytes, path: str, respond: Callable[[LoadedSite | ConfigError], None]) -> bool:
@@ -365,31 +342,38 @@ class Master:
             return
         self.reloads.tick()
         explicit, self.reload_requested = self.reload_requested, False
+        if explicit:
+            self.deployment.roll()
         changed = self.watching and signature(self.site.path) != self.site.signature
-        if changed and self.file_event_at is None:
-            self.file_event_at = now  # seen by the timer's stat check: debounce like a watcher event
-        if not explicit and (self.file_event_at is None or now - self.file_event_at < DEBOUNCE):
+        wakeup = self.wakeup
+        if changed and wakeup.file_event_at is None:
+            wakeup.file_event_at = now  # seen by the timer's stat check: debounce like a watcher event
+        if not explicit and (wakeup.file_event_at is None or now - wakeup.file_event_at < DEBOUNCE):
             return
-        self.file_event_at = None
+        wakeup.file_event_at = None
         self.reloads.request(explicit)
 
-    def _before_reload(self, explicit: bool) -> None:
+    def _check_outside(self, now: float) -> None:
+        """What the site depends on outside its file: release symlinks (roll) and env_files (reload)."""
+        if now - self.releases_checked_at < RELEASE_CHECK or self.desired.stopping:
+            return
+        self.releases_checked_at = now
+        if self.deployment.check_releases():
+            self.publish(self.deployment.desired)
+        if self.deployment.env_files_changed(self.site.sources):  # under an unchanged site file: read it again
+            self.reloads.request(explicit=False)
+
+    # ---- what the deployment calls back (deployment.DeploymentHost) ------------------------------------------
+
+    def before_reload(self, explicit: bool) -> None:
         if self.control:
             self.control.before_reload(explicit)
 
-    def _after_reload(self, explicit: bool, outcome: ReloadOutcome) -> None:
+    def after_reload(self, explicit: bool, outcome: ReloadOutcome) -> None:
         if self.control:
             self.control.after_reload(explicit, outcome)
 
-    def _apply(self, loaded: LoadedSite, data: bytes) -> ReloadOutcome:
-        if self.desired.stopping:  # a validation that finished after a stop was asked for: a stop is final
-            log.info("site file validated while stopping: not applied")
-            return ReloadOutcome(ReloadKind.STOPPING, self.site.revision)
-        outcome = self.site.accept(loaded, data, self.desired)
-        self.desired = loaded.desired
-        self.records.forget_removed_apps(loaded.desired)
-        return outcome
-
-
-def _wake_only() -> None:
-    """Selector callback of fds whose input the loop's steps read (worker event pipes, preload processes)."""
+    def publish(self, desired: DesiredState) -> None:
+        """The deployment's new desired state (a valid file, a code roll, a release switch)."""
+        self.desired = desired
+        self.records.forget_removed_apps(desired)

@@ -16,11 +16,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import selectors
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from forkserve.changes import RESTART_ONLY, summary
+from forkserve.config.dependencies import Sources, current
 from forkserve.config.errors import ConfigError, Diagnostic
 from forkserve.config.validate import Validated, Validation, read_site, signature, validate
 from forkserve.outcomes import ReloadKind, ReloadOutcome
@@ -47,12 +51,14 @@ class SiteFile:
     errors: tuple[str, ...] = ()  # diagnostics of the current (invalid) file; empty when it applied
     last_result: str = ""
     missing: bool = False
+    sources: Sources | None = None  # the variables and env_files the applied site was computed from
 
     def snapshot(self) -> SiteSnapshot:
         return SiteSnapshot(self.path, self.revision, self.last_result, self.errors, self.missing)
 
     def accept(self, loaded: LoadedSite, data: bytes, current: DesiredState) -> ReloadOutcome:
-        """A valid file becomes the applied one; `[server]` keys that need a restart keep their running values."""
+        """A valid file becomes the applied one; `[server]` keys that need a restart keep their running values.
+        The caller logs the outcome (it may add to it)."""
         new, server = loaded.desired, loaded.server
         old = self.server
         text = summary(current, new, old, server)
@@ -61,13 +67,12 @@ class SiteFile:
             if server.log_level != old.log_level:
                 logging.getLogger("forkserve").setLevel(server.log_level.upper())
         self.server = server
+        self.sources = loaded.sources
         self.digest = hashlib.sha256(data).hexdigest()
         self.errors = ()
         self.revision = new.revision
         outcome = ReloadOutcome(ReloadKind.APPLIED, new.revision, summary=text)
         self.last_result = outcome.line()
-        if old is not None:
-            log.info("%s", self.last_result)
         return outcome
 
 
@@ -122,44 +127,72 @@ class Validations:
         self.pending.clear()
 
 
-class Reloads:
-    """Reads, validates and applies the site file on request; see the module docstring."""
+class ReloadHost(Protocol):
+    """What reloads need of the master."""
 
-    def __init__(self, site: SiteFile, validations: Validations, apply: Callable[[LoadedSite, bytes], ReloadOutcome],
-                 before: Callable[[bool], None], after: Callable[[bool, ReloadOutcome], None],
-                 clear_backoff: Callable[[], None], stopping: Callable[[], bool] = lambda: False) -> None:
+    def apply(self, loaded: LoadedSite, data: bytes, explicit: bool) -> ReloadOutcome: ...
+
+    def before_reload(self, explicit: bool) -> None: ...
+
+    def after_reload(self, explicit: bool, outcome: ReloadOutcome) -> None: ...
+
+    def clear_backoff(self) -> None: ...
+
+    def stopping(self) -> bool: ...
+
+    def destructive(self, loaded: LoadedSite) -> str:
+        """What the new file would take away (apps, binds), in words; "" when nothing."""
+
+    def settle(self) -> float:
+        """Seconds an in-place write must have rested before a destructive change applies."""
+
+
+class Reloads:
+    """Reads, validates and applies the site file on request; see the module docstring.
+
+    Half-written files: a file written in place (same inode; an editor that flushes twice, `cat > site.toml`, a
+    script) may be read between two writes. A change that would take something away (an app, a bind) is applied
+    only once the file has rested `settle()` seconds since its last write; until then it waits, and a later
+    event re-reads the file. A file replaced by rename (editors' atomic save, a ConfigMap's `..data` swap) is
+    complete when it appears and applies at once, and so does an explicit reload: the operator says it is done.
+    """
+
+    def __init__(self, site: SiteFile, validations: Validations, host: ReloadHost) -> None:
         self.site = site
-        self.stopping = stopping
         self.validations = validations
-        self.apply = apply
-        self.before, self.after, self.clear_backoff = before, after, clear_backoff
+        self.host = host
         self.validating = False
-        self.queued = False  # a reload asked for while one validates
+        self.queued = False  # a reload asked for while one validates (or waits for the file to settle)
         self.explicit = False  # of the queued one
         self.waiters: list[Respond] = []
+        self.not_before = 0.0  # wall time: a destructive in-place change waits until then
+        self.replaced = False  # the file read last replaced the one before it (another inode): complete
 
     def request(self, explicit: bool, respond: Respond | None = None) -> None:
         if respond is not None:
             self.waiters.append(respond)
         self.explicit |= explicit
         self.queued = True
+        if explicit:
+            self.not_before = 0.0
         if not self.validating:
             self._begin()
 
     def _begin(self) -> None:
         explicit, waiters = self.explicit, self.waiters
         self.queued, self.explicit, self.waiters = False, False, []
-        self.before(explicit)
+        self.host.before_reload(explicit)
         site = self.site
         sig = signature(site.path)
         data = read_site(site.path)
+        self.replaced = sig is not None and site.signature is not None and sig[:2] != site.signature[:2]
         site.signature = sig
         if data is None:
             self._finish(explicit, waiters, self._missing())
             return
         site.missing = False
-        if hashlib.sha256(data).hexdigest() == site.digest and not explicit:
-            self._finish(explicit, waiters, self._same())
+        if hashlib.sha256(data).hexdigest() == site.digest and not explicit and current(site.sources, os.environ):
+            self._finish(explicit, waiters, self._same())  # same bytes, same env_files: nothing to do
             return
         self.validating = True
         started = self.validations.start(data, site.path,
@@ -169,18 +202,19 @@ class Reloads:
             self.queued, self.explicit, self.waiters = True, self.explicit or explicit, waiters + self.waiters
 
     def tick(self) -> None:
-        if self.queued and not self.validating:
+        if self.queued and not self.validating and time.time() >= self.not_before:
             self._begin()
 
     def _next(self) -> None:
         """After a reload: the queued one runs now, or, once the master is stopping, is answered and dropped."""
         if not self.queued or self.validating:
             return
-        if self.stopping():
+        if self.host.stopping():
             waiters, self.waiters, self.queued, self.explicit = self.waiters, [], False, False
             _answer(waiters, ReloadOutcome(ReloadKind.STOPPING, self.site.revision))
             return
-        self._begin()
+        if time.time() >= self.not_before:
+            self._begin()
 
     def _missing(self) -> ReloadOutcome:
         site = self.site
@@ -220,15 +254,36 @@ class Reloads:
             site.last_result = outcome.line()
             log.error("site file is invalid; nothing changed, revision %s keeps running:\n%s", site.revision,
                       "\n".join("    " + line for line in str(result).splitlines()))
+        elif (waiting := self._unsettled(explicit, result)) is not None:
+            outcome = waiting
         else:
             if explicit:
-                self.clear_backoff()  # the operator asked: try broken apps again now
-            outcome = self.apply(result, data)
+                self.host.clear_backoff()  # the operator asked: try broken apps again now
+            outcome = self.host.apply(result, data, explicit)
         return outcome
 
+    def _unsettled(self, explicit: bool, result: LoadedSite) -> ReloadOutcome | None:
+        """A destructive change of a file written in place, too recently: wait (see the class docstring)."""
+        taken = self.host.destructive(result)
+        sig = self.site.signature
+        if not taken or explicit or self.replaced or sig is None:
+            return None
+        ready_at = sig[3] / 1e9 + self.host.settle()
+        if time.time() >= ready_at:
+            return None
+        if self.not_before != ready_at:
+            log.info("site file change %s: applied once the file has not changed for %.1fs (an atomic rename or "
+                     "`forkserve reload` applies at once)", taken, self.host.settle())
+        self.not_before = ready_at
+        self.queued = True  # read again then; an event before then re-reads it too
+        return ReloadOutcome(ReloadKind.PENDING, self.site.revision)
+
     def _finish(self, explicit: bool, waiters: list[Respond], outcome: ReloadOutcome) -> None:
+        if outcome.kind is ReloadKind.PENDING and waiters:  # they asked for this reload: keep them for the next
+            self.waiters = waiters + self.waiters
+            waiters = []
         try:
-            self.after(explicit, outcome)
+            self.host.after_reload(explicit, outcome)
         finally:
             _answer(waiters, outcome)
             self._next()

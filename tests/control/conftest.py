@@ -39,7 +39,7 @@ class FakeMaster(Master):
 
     def set_site(self, text: str) -> None:
         data = textwrap.dedent(text).encode()
-        self._apply(LoadedSite.from_config(load_text(data, self.site.path)), data)
+        self.deployment.apply(LoadedSite.from_config(load_text(data, self.site.path)), data, explicit=False)
 
     def add_worker(self, app: str, phase: Phase = Phase.READY, revision: str | None = None, pid: int = 0,
                    started: float = 0.0) -> channel.WorkerEnd:
@@ -65,8 +65,7 @@ class FakeMaster(Master):
     def close(self) -> None:
         self.records.close_ends()
         self.selector.close()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
+        self.wakeup.close()
 
 
 @pytest.fixture

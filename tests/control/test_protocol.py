@@ -37,6 +37,7 @@ def test_garbage_payloads(payload: bytes) -> None:
 @pytest.mark.parametrize(("message", "expected"), [
     ({"command": "status"}, Request("status")),
     ({"command": "reload"}, Request("reload")),
+    ({"command": "reload", "apps": ["web", "api"]}, Request("reload", apps=("web", "api"))),
     ({"command": "stop"}, Request("stop", fast=False)),
     ({"command": "stop", "fast": True}, Request("stop", fast=True)),
     ({"command": "plan", "path": "/a", "text": "x"}, Request("plan", path="/a", text="x")),
@@ -56,6 +57,10 @@ def test_the_command_table(message: dict[str, object], expected: Request) -> Non
     ({"command": "plan", "path": "/a"}, "missing argument 'text'"),
     ({"command": "plan", "path": 1, "text": ""}, "must be a str"),
     ({"command": "status", "verbose": True}, "unexpected argument"),
+    ({"command": "reload", "apps": "web"}, "must be a list"),
+    ({"command": "reload", "apps": ["web", 3]}, "list of at most"),
+    ({"command": "reload", "apps": [""]}, "list of at most"),
+    ({"command": "reload", "apps": ["x"] * 1001}, "list of at most"),
 ])
 def test_bad_requests(message: dict[str, object], error: str) -> None:
     with pytest.raises(ProtocolError, match=error):

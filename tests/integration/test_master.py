@@ -177,6 +177,15 @@ def test_an_invalid_site_file_stops_up_before_binding(tmp_path: Path) -> None:
     assert "site.toml:5" in result.stderr and "workerz" in result.stderr
 
 
+def test_an_error_log_that_cannot_be_opened_is_a_clean_start_failure(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(f'[server]\nerror_log = "{tmp_path}/missing/dir/error.log"\n'
+                    f'[apps.web]\nmodule = "basic:app"\nchdir = "{APPS}"\nbinds = ["127.0.0.1:0"]\n')
+    result = _up(path)
+    assert result.returncode == 3, result.stderr
+    assert "cannot open the error log" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_port_in_use_names_the_app_and_leaves_nothing_running(tmp_path: Path) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

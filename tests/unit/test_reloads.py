@@ -14,6 +14,11 @@ from forkserve.master.sitefile import Reloads, SiteFile, Validations
 from forkserve.outcomes import ReloadKind, ReloadOutcome
 from forkserve.spec import DesiredState, LoadedSite
 
+API = """
+[apps.api]
+module = "basic:app"
+binds = ["127.0.0.1:0"]
+"""
 SITE = """
 [apps.web]
 module = "basic:app"
@@ -30,16 +35,33 @@ class Harness:
         self.validations = Validations(self.selector)
         self.outcomes: list[ReloadOutcome] = []
         self.cleared = 0
-        self.reloads = Reloads(self.site, self.validations, self.apply, lambda explicit: None,
-                               lambda explicit, outcome: self.outcomes.append(outcome), self.clear)
+        self.rest = 0.0  # settle()
+        self.reloads = Reloads(self.site, self.validations, self)
 
-    def apply(self, loaded: LoadedSite, data: bytes) -> ReloadOutcome:
+    # ReloadHost
+    def apply(self, loaded: LoadedSite, data: bytes, explicit: bool) -> ReloadOutcome:
         outcome = self.site.accept(loaded, data, self.desired)
         self.desired = loaded.desired
         return outcome
 
-    def clear(self) -> None:
+    def before_reload(self, explicit: bool) -> None:
+        pass
+
+    def after_reload(self, explicit: bool, outcome: ReloadOutcome) -> None:
+        self.outcomes.append(outcome)
+
+    def clear_backoff(self) -> None:
         self.cleared += 1
+
+    def stopping(self) -> bool:
+        return False
+
+    def destructive(self, loaded: LoadedSite) -> str:
+        gone = sorted(set(self.desired.apps) - set(loaded.desired.apps))
+        return f"removes app {', '.join(gone)}" if gone else ""
+
+    def settle(self) -> float:
+        return self.rest
 
     def pump(self, until: int, timeout: float = 20.0) -> None:
         """Turn the selector (as the master's loop does) until `until` outcomes are in."""
@@ -104,3 +126,42 @@ def test_a_child_past_its_deadline_is_killed_and_reported(harness: Harness, monk
     harness.validations.tick(job.deadline + 1)  # as if the child had hung past TIMEOUT
     assert [o.kind for o in harness.outcomes] == [ReloadKind.INVALID]
     assert "timed out" in harness.site.errors[0] and not harness.validations.pending
+
+
+def test_a_destructive_change_written_in_place_waits_for_the_file_to_settle(harness: Harness) -> None:
+    path = Path(harness.site.path)
+    path.write_text(SITE.format(n=2) + API)
+    harness.reloads.request(explicit=False)
+    harness.pump(1)
+    assert set(harness.desired.apps) == {"web", "api"}
+    harness.rest = 1.0
+    with open(path, "w") as f:  # in place, as `cat > site.toml` or a script: the same inode
+        f.write(SITE.format(n=2))  # the first half of a write that would have kept api
+    harness.reloads.request(explicit=False)
+    harness.pump(2)
+    assert harness.outcomes[-1].kind is ReloadKind.PENDING and "api" in harness.desired.apps  # not yet
+    harness.pump(3, timeout=5)  # once the file has rested, it is read again and applied
+    assert harness.outcomes[-1].kind is ReloadKind.APPLIED and set(harness.desired.apps) == {"web"}
+
+
+def test_a_destructive_change_that_arrives_by_rename_or_reload_applies_at_once(harness: Harness) -> None:
+    path = Path(harness.site.path)
+    path.write_text(SITE.format(n=2) + API)
+    harness.reloads.request(explicit=False)
+    harness.pump(1)
+    harness.rest = 60.0
+    tmp = path.with_suffix(".new")
+    tmp.write_text(SITE.format(n=2))
+    tmp.replace(path)  # an editor's atomic save, a ConfigMap swap: complete when it appears
+    harness.reloads.request(explicit=False)
+    harness.pump(2)
+    assert harness.outcomes[-1].kind is ReloadKind.APPLIED and set(harness.desired.apps) == {"web"}
+    with open(path, "w") as f:
+        f.write(SITE.format(n=2) + API)
+    harness.reloads.request(explicit=False)
+    harness.pump(3)
+    with open(path, "w") as f:  # in place and destructive, but the operator says it is done
+        f.write(SITE.format(n=2))
+    harness.reloads.request(explicit=True)
+    harness.pump(4)
+    assert harness.outcomes[-1].kind is ReloadKind.APPLIED and set(harness.desired.apps) == {"web"}
