@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("status", "show what the running master wants and runs"),
                        ("reload", "make the running master re-read its site file"),
+                       ("upgrade", "re-execute the running master with the forkserve now installed, "
+                                   "keeping every socket; the workers are replaced once the new ones are ready"),
                        ("stop", "stop the running master (graceful unless --fast)")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("site", nargs="?", help="site file of the master (default: ./site.toml)")

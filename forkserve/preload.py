@@ -164,3 +164,8 @@ class Preloads:
         for record in self.zygotes.values():
             self._forget(record)
         self.zygotes.clear()
+
+    def controls(self) -> dict[int, int]:
+        """Each preload process's pid -> the fd of its control socket (kept open across an upgrade's exec)."""
+        return {r.zygote.pid: r.zygote.control.fileno() for r in self.zygotes.values()
+                if r.zygote.control.fileno() >= 0}

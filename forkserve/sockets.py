@@ -86,6 +86,14 @@ def _adopt(fd: int, bind: BindAddress) -> Listener:
     return Listener(bind, sock, f"fd://{fd} ({describe(sock)})")
 
 
+def adopt_listener(fd: int, bind: BindAddress) -> Listener:
+    """Take over a listening socket the previous master handed over (`forkserve upgrade`): this fd itself, not a
+    copy, made close-on-exec again; a unix socket's file is ours to remove when the bind goes."""
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    return Listener(bind, sock, describe(sock), owns_path=bind.kind == "unix")
+
+
 def _tcp(bind: BindAddress, backlog: int) -> Listener:
     family = socket.AF_INET6 if bind.is_ipv6 else socket.AF_INET
     try:

@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             return _status(path, args)
         if command == "wait":
             return _wait(path, args)
+        if command == "upgrade":
+            return _upgrade(path)
         if command == "reload":
             reply = call(path, Request("reload", apps=tuple(getattr(args, "apps", ()) or ())))
             print(reply["result"])
@@ -140,6 +142,26 @@ def _wait(path: str, args: argparse.Namespace) -> int:
         return ERROR
     return wait(lambda: call(path, Request("status"), timeout=min(TIMEOUT, args.timeout)), args.apps,
                 timeout=args.timeout, settle=args.settle)
+
+
+def _upgrade(path: str, timeout: float = 120.0) -> int:
+    """Ask for the upgrade, then wait until the re-executed master answers (0), or say why not (2)."""
+    before = call(path, Request("status"))["master"]["started_at"]
+    reply = call(path, Request("upgrade"), timeout=timeout)
+    print(f"master {reply.get('pid')}: the installed forkserve checked the site; re-executing")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            master = call(path, Request("status"), timeout=5)["master"]
+        except (NoMaster, ControlError):
+            continue  # between the exec and the new master's control socket
+        if master["started_at"] != before:
+            print(f"upgraded: master {master['pid']} runs the installed forkserve; the previous workers are "
+                  f"replaced once the new ones are ready (`forkserve wait`)")
+            return OK
+    print(f"forkserve: the master did not come back within {timeout:.0f}s", file=sys.stderr)
+    return ERROR
 
 
 # ---- status ----------------------------------------------------------------------------------------------------

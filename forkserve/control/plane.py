@@ -43,6 +43,8 @@ class Commands(Protocol):
 
     def request_stop(self, fast: bool) -> None: ...
 
+    def upgrade(self, respond: Reply | None = None) -> None: ...
+
     def plan_file(self, text: bytes, path: str, respond: Callable[[LoadedSite | ConfigError], None]) -> bool: ...
 
     @property
@@ -69,6 +71,7 @@ class ControlPlane:
             "reload": self._reload,
             "stop": self._stop,
             "plan": self._plan,
+            "upgrade": lambda _request, respond: self.commands.upgrade(respond),
         }
         self.server = ControlServer(control_socket_path(server, site_path), self._dispatch, selector)
         self.metrics_server: MetricsServer | None = None

@@ -18,6 +18,7 @@ Requests (client -> master); a fixed set of commands, each with a fixed set of a
     {"command": "status"}
     {"command": "reload", "apps": ["web"]}       # apps: optional; the apps whose code to roll (default: all)
     {"command": "stop", "fast": false}
+    {"command": "upgrade"}                       # re-execute with the installed forkserve (see master/upgrade.py)
     {"command": "plan", "path": "/srv/site.toml", "text": "<the file's content>"}
 
 `fast` defaults to false. `plan` carries the file's content (the client reads it, so the master never opens
@@ -33,7 +34,8 @@ Replies (master -> client), exactly one per request, in order::
 The `result` of each command is described in `forkserve/control/client.py`: `status`, the document of
 `forkserve/status.py`; `reload`, {"result": "<the master's result line>", "outcome": "applied", "revision":
 "...", "rolled": ["web"]} (`forkserve.outcomes.ReloadOutcome.to_wire`); `stop`, {"stopping": true, "fast":
-bool}; `plan`, see `forkserve/control/planning.py`.
+bool}; `upgrade`, {"upgrading": true, "pid": N} once the installed code has checked the site (the reply is sent
+before the exec); `plan`, see `forkserve/control/planning.py`.
 
 Example, bytes on the wire for a status request::
 
@@ -56,6 +58,7 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "status": {},
     "reload": {"apps": (list, False)},
     "stop": {"fast": (bool, False)},
+    "upgrade": {},
     "plan": {"path": (str, True), "text": (str, True)},
 }
 

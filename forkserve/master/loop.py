@@ -1,5 +1,9 @@
 """The master: one thread, one loop over small parts. Everything that happens only wakes it; every wake re-plans.
 
+(Over 400 lines: this is the wiring of every part below, and the narrow interfaces each part calls back
+through: FdWatch, PreloadHost, DeploymentHost, UpgradeHost, the control plane's Commands. The decisions live in
+the parts; splitting the wiring further would scatter one process's life cycle over several files.)
+
     wait (selector: the wake-up pipe for signals and the file watcher, worker event pipes, validating children,
           the control socket and metrics connections)
     -> note signals -> read worker events -> reap children -> read heartbeats -> reload the site file if needed
@@ -32,6 +36,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from forkserve import process
+from forkserve.config.binds import BindAddress
 from forkserve.config.errors import ConfigError
 from forkserve.config.validate import Validated, Validation, load_site, read_site, signature
 from forkserve.deploy import RELEASE_CHECK
@@ -41,12 +46,13 @@ from forkserve.master.deployment import Deployment
 from forkserve.master.executor import Executor, ForkSpawner, Ports
 from forkserve.master.records import Records, indent
 from forkserve.master.sitefile import Reloads, SiteFile, Validations
+from forkserve.master.upgrade import Handover, Upgrade
 from forkserve.master.wakeup import Wakeup
 from forkserve.outcomes import ReloadKind, ReloadOutcome
 from forkserve.plan import OpenListener, plan
 from forkserve.preload import Preloads
 from forkserve.snapshot import Snapshot
-from forkserve.sockets import BindError, close_listener, open_listener, systemd_fds
+from forkserve.sockets import BindError, Listener, close_listener, open_listener, systemd_fds
 from forkserve.spec import DesiredState, LoadedSite, ServerSettings
 from forkserve.state import Observed
 
@@ -70,13 +76,15 @@ class Master:
     def __init__(self, site_path: str) -> None:
         self.site = SiteFile(os.path.abspath(site_path))
         self.desired = DesiredState()
-        self.selector = selectors.DefaultSelector()
+        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
         self.records = Records(self)
         self.preloads = Preloads(self)
         self.inherited_fds = systemd_fds()
+        self.handover = Handover.from_env(os.environ)  # sockets and workers of the master we replaced (upgrade)
+        self.upgrading: Upgrade | None = None
         self.executor = Executor(self.records, ForkSpawner(self.preloads), Ports(
-            open_listener=lambda bind, spec: open_listener(bind, spec.backlog, spec.unix_socket_mode,
-                                                           self.inherited_fds),
+            open_listener=lambda bind, spec: self.handover.take(bind) or open_listener(
+                bind, spec.backlog, spec.unix_socket_mode, self.inherited_fds),
             close_listener=close_listener, send_signal=process.send_signal))
         self.validations = Validations(self.selector)
         self.deployment = Deployment(self.site, self.records, self)
@@ -128,6 +136,7 @@ class Master:
                 except BindError as exc:
                     self._close_all_listeners()
                     raise StartupError(f"app {action.app!r}: cannot bind {exc}") from None
+        self.handover.leftovers()
         self.wakeup.install(self.selector)
         set_title(f"forkserve: master [{self.site.path}]")  # before the fork: workers find setproctitle loaded
         # The first workers are forked now: the time to a first response is the time to get here. The rest of
@@ -210,7 +219,7 @@ class Master:
         while True:
             self.turn(wait)
             wait = TICK
-            if self.desired.stopping and not self.records.workers and not self.preloads.zygotes:
+            if self.desired.stopping and not (self.records.workers or self.preloads.zygotes or self.handover.adopted):
                 return 1 if self.gave_up else 0
 
     def turn(self, wait: float) -> None:
@@ -231,6 +240,9 @@ class Master:
                                                    now)),
             ("convergence", lambda: self.records.log_convergence(self.desired)),
             ("control", lambda: self.control.tick(now) if self.control else None),
+            ("handover", lambda: self.handover.tick(now, self.desired.stopping or self.records.converged_on(
+                self.desired), self.site.server.graceful_timeout if self.site.server else 30.0,
+                self.started_at + max((s.boot_timeout for s in self.desired.apps.values()), default=0.0))),
         )
         for name, step in steps:
             self._guarded(name, step)
@@ -271,6 +283,18 @@ class Master:
             self.error_log.reopen()
             for pid in self.records.workers:
                 process.send_signal(pid, signal.SIGUSR1)
+        elif sig == signal.SIGUSR2:
+            self.upgrade()
+
+    def upgrade(self, respond: Callable[[dict[str, object] | Exception], None] | None = None) -> None:
+        """SIGUSR2, `forkserve upgrade`: re-execute with the forkserve now installed (see master/upgrade.py)."""
+        if self.upgrading or self.desired.stopping:
+            error = RuntimeError("an upgrade is under way" if self.upgrading else "the master is stopping")
+            if respond is not None:
+                respond(error)
+            log.warning("upgrade not started: %s", error)
+            return
+        self.upgrading = Upgrade(self, respond)
 
     def request_stop(self, fast: bool) -> None:
         if self.desired.stopping and (self.desired.fast or not fast):
@@ -280,7 +304,10 @@ class Master:
 
     def _reap(self, now: float) -> None:
         for pid, status in process.reap():
-            if not self.preloads.reaped(pid, status, now):
+            self.handover.reaped(pid)
+            if self.upgrading and self.upgrading.preflight.pid == pid:
+                self.upgrading.preflight.exited(status)
+            elif not self.preloads.reaped(pid, status, now):
                 self.worker_exited(pid, status, now)
 
     # ---- what records and preload processes call back (FdWatch, PreloadHost) --------------------------------
@@ -372,6 +399,32 @@ class Master:
     def after_reload(self, explicit: bool, outcome: ReloadOutcome) -> None:
         if self.control:
             self.control.after_reload(explicit, outcome)
+
+    # ---- what an upgrade calls back (upgrade.UpgradeHost) ----------------------------------------------------
+
+    @property
+    def site_path(self) -> str:
+        return self.site.path
+
+    def before_exec(self) -> tuple[dict[BindAddress, Listener], list[int], dict[int, int]]:
+        if self.control:
+            self.control.before_reload(True)  # systemd: RELOADING=1; the new master says READY=1
+            self.control.close()
+            self.control = None
+        if self.watcher:
+            self.watcher.stop()
+            self.watcher = None
+        self.validations.cancel_all()
+        for handler in log.handlers:
+            handler.flush()
+        return self.records.listeners, [*self.records.workers], self.preloads.controls()
+
+    def after_failed_exec(self) -> None:
+        if self.site.server is not None:
+            try:
+                self._start_services(self.site.server)
+            except StartupError as exc:
+                log.error("after the failed upgrade: %s", exc)
 
     def publish(self, desired: DesiredState) -> None:
         """The deployment's new desired state (a valid file, a code roll, a release switch)."""

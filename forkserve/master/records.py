@@ -235,6 +235,10 @@ class Records:
     def forget_removed_apps(self, desired: DesiredState) -> None:
         self.proven = {app: spec for app, spec in self.proven.items() if app in desired.apps}
 
+    def converged_on(self, desired: DesiredState) -> bool:
+        """Has every app reached its desired count of ready workers of its desired revision (as last logged)?"""
+        return all(self.converged.get(name) == f"{spec.revision}/{spec.workers}" for name, spec in desired.apps.items())
+
     def log_convergence(self, desired: DesiredState) -> None:
         for name in [n for n in self.converged if n not in desired.apps]:
             if not any(r.view.app == name for r in self.workers.values()):

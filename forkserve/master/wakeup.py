@@ -13,7 +13,8 @@ import selectors
 import signal
 import time
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+           signal.SIGCHLD)
 
 
 class Wakeup:
@@ -28,6 +29,7 @@ class Wakeup:
         signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
         for sig in SIGNALS:
             signal.signal(sig, self._note)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # blocked across an upgrade's exec: delivered now
         selector.register(self.read_fd, selectors.EVENT_READ, self.drain)
 
     def _note(self, signum: int, _frame: object) -> None:

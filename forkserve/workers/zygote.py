@@ -88,7 +88,10 @@ class _Calls:
 
 def _serve_request(zygote: Worker, app: Any, worker_class: WorkerClass, control: socket.socket,
                    calls: _Calls) -> int:
-    data, ancillary, _flags, _addr = control.recvmsg(64, socket.CMSG_SPACE(2 * FD_SIZE))
+    try:
+        data, ancillary, _flags, _addr = control.recvmsg(64, socket.CMSG_SPACE(2 * FD_SIZE))
+    except ConnectionError:  # the master closed its end with our exit reports unread (an upgrade retiring us)
+        data, ancillary = b"", []
     if not data:
         zygote.exit(EXIT_PARENT_GONE)  # the master closed its end
     fds = array.array("i")

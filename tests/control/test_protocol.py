@@ -50,7 +50,7 @@ def test_the_command_table(message: dict[str, object], expected: Request) -> Non
 @pytest.mark.parametrize(("message", "error"), [
     ({}, "unknown command"),
     ({"command": "__class__"}, "unknown command '__class__'"),
-    ({"command": "restart"}, "known: plan, reload, status, stop"),
+    ({"command": "restart"}, "known: plan, reload, status, stop, upgrade"),
     ({"command": 3}, "unknown command"),
     ({"command": "stop", "fast": 1}, "must be a bool"),
     ({"command": "stop", "fats": True}, "unexpected argument"),
