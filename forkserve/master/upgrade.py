@@ -28,7 +28,6 @@ import logging
 import os
 import selectors
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Protocol
@@ -52,6 +51,8 @@ class Preflight:
     """`forkserve check SITE` with the code now installed, in a child whose exit the loop reaps."""
 
     def __init__(self, site_path: str, then: Callable[[bool, str], None]) -> None:
+        import subprocess  # only here: the master's memory before its first fork is every worker's
+
         self.then = then
         self.proc = subprocess.Popen([sys.executable, "-m", "forkserve", "check", site_path],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
