@@ -13,6 +13,7 @@ environment (the app's `env`, its env_file's variables and `${VAR}` expanded). S
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -76,10 +77,25 @@ def check_file(path: str, do_import: bool = False) -> FileReport:
     except ConfigError as err:
         return FileReport(path, err.diagnostics, err.io_error)
     report = FileReport(path, apps=len(site.apps))
+    _warm_cache(path)
     if do_import:
         desired = DesiredState.from_config(site, start_dir())  # the specs `up` started here would run
         report.imports = [import_app(name, app) for name, app in desired.apps.items()]
     return report
+
+
+def _warm_cache(path: str) -> None:
+    """Leave the models' verdict in the cache of validated results (`config.cache`), exactly as `forkserve up`
+    would, so that an `up` (or an upgrade, whose preflight is this check) run the same way by the same user then
+    starts without the validating child. Best effort: the check's own verdict does not depend on it."""
+    from forkserve.config.validate import read_site, validate
+
+    absolute = os.path.abspath(path)
+    data = read_site(absolute)
+    if data is None:
+        return
+    with contextlib.suppress(Exception):
+        validate(data, absolute).result()
 
 
 def import_app(name: str, app: AppSpec) -> ImportResult:

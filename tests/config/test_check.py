@@ -96,3 +96,21 @@ def test_default_control_socket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     import os
 
     assert default_control_socket("site.toml") == f"/tmp/forkserve-{os.getuid()}/{Path(first).name}"
+
+
+def test_a_valid_file_checked_starts_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from forkserve.config.validate import Validated, read_site, validate
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "site.toml"
+    path.write_text('[apps.a]\nmodule = "a:app"\nbinds = ["127.0.0.1:0"]\n')
+    data = read_site(str(path))
+    assert data is not None
+    first = validate(data, str(path))
+    assert not isinstance(first, Validated)  # never seen: a child would validate it
+    first.cancel()
+    assert _run([str(path)])[0] == 0
+    assert isinstance(validate(data, str(path)), Validated)  # what `forkserve up` now finds
+    (tmp_path / "bad.toml").write_text(BAD_TEXT)
+    assert _run([str(tmp_path / "bad.toml")])[0] == 1  # an invalid file leaves nothing behind
+    assert len(list((tmp_path / "cache" / "forkserve").iterdir())) == 1
