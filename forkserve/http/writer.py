@@ -134,17 +134,6 @@ class ResponseWriter:
         parts.append(getattr(clock, ends))
         return b"".join(parts)
 
-    def write_result(self, result: Any) -> None:
-        """Send what the app returned, by its kind (a list is by far the most common)."""
-        if self.sent:
-            self.write_iter(result)
-        elif type(result) is list:
-            self.write_list(result)
-        elif type(result) is FileWrapper:
-            self.write_file(result)
-        else:
-            self.write_iter(result)
-
     def write_list(self, result: list[bytes]) -> None:
         body = result[0] if len(result) == 1 else b"".join(result)
         if type(body) is not bytes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -177,25 +176,8 @@ def test_a_crash_storm_spawns_within_the_bucket_and_keeps_what_the_rate_allows(
 
 # ---- the real records and executor ----------------------------------------------------------------------
 
-@pytest.fixture
-def fake() -> Iterator[FakeWorld]:
-    world = FakeWorld()
-    yield world
-    for end in world.ends.values():
-        os.close(end.write_fd)
-    for sock in world.sockets:
-        sock.close()
-
-
-@pytest.fixture
-def recs(fake: FakeWorld) -> Iterator[Records]:
-    made = Records(fake)
-    yield made
-    made.close_ends()
-
-
-def _serving(fake: FakeWorld, pid: int, method: str, target: str, started: float) -> None:
-    end = fake.ends[pid]
+def _serving(world: FakeWorld, pid: int, method: str, target: str, started: float) -> None:
+    end = world.ends[pid]
     ctx = Context(lambda env, start: [], end.slot, end.record, None, keepalive=0, timeout=5, limit_line=8190,
                   limit_fields=100, limit_field=8190, access=None, max_requests=0, on_max_requests=lambda: None,
                   text=end.text, starts=end.starts)
@@ -204,69 +186,69 @@ def _serving(fake: FakeWorld, pid: int, method: str, target: str, started: float
     end.slot[channel.IN_FLIGHT] += 1
 
 
-def test_a_ready_worker_killed_under_a_request_is_a_crash_with_what_it_served(fake: FakeWorld,
-                                                                             recs: Records) -> None:
-    executor = Executor(recs, fake, fake.ports())
+def test_a_ready_worker_killed_under_a_request_is_a_crash_with_what_it_served(world: FakeWorld,
+                                                                             records: Records) -> None:
+    executor = Executor(records, world, world.ports())
     d = desired(api={"workers": 2})
     now = 0.0
     for _ in range(4):
         now += 0.25
-        turn(recs, executor, fake, d, now)
-    assert ready(recs, "api") == 2
-    victim = min(recs.workers)
-    _serving(fake, victim, "GET", "/report?id=7", now - 0.4)
-    recs.worker_exited(victim, SEGV, now, stopping=False)  # ready 0.5 s ago: once a failure, now a crash
-    assert recs.backoff == {}
-    assert recs.crashes[("api", "SIGSEGV")] == 1
-    crash = recs.last_crash["api"]
+        turn(records, executor, world, d, now)
+    assert ready(records, "api") == 2
+    victim = min(records.workers)
+    _serving(world, victim, "GET", "/report?id=7", now - 0.4)
+    records.worker_exited(victim, SEGV, now, stopping=False)  # ready 0.5 s ago: once a failure, now a crash
+    assert records.backoff == {}
+    assert records.crashes[("api", "SIGSEGV")] == 1
+    crash = records.last_crash["api"]
     assert (crash.pid, crash.serving, round(crash.serving_for, 1), crash.in_flight) == (victim, "GET /report?id=7",
                                                                                          0.4, 1)
-    turn(recs, executor, fake, d, now)
-    assert len(recs.workers) == 2  # replaced in the next pass
+    turn(records, executor, world, d, now)
+    assert len(records.workers) == 2  # replaced in the next pass
 
 
-def test_a_request_that_kills_every_worker_costs_no_fork_storm(fake: FakeWorld, recs: Records) -> None:
-    executor = Executor(recs, fake, fake.ports())
+def test_a_request_that_kills_every_worker_costs_no_fork_storm(world: FakeWorld, records: Records) -> None:
+    executor = Executor(records, world, world.ports())
     d = desired(api={"workers": 2})
     now = 0.0
     for _ in range(4):
         now += 0.25
-        turn(recs, executor, fake, d, now)
-    started = len(fake.ends)
+        turn(records, executor, world, d, now)
+    started = len(world.ends)
     for _ in range(80):  # 20 s: every ready worker is killed on every pass
         now += 0.25
-        for pid in [p for p, r in recs.workers.items() if r.view.phase is Phase.READY]:
-            recs.worker_exited(pid, SEGV, now, stopping=False)
-        turn(recs, executor, fake, d, now)
-    forks = len(fake.ends) - started
+        for pid in [p for p, r in records.workers.items() if r.view.phase is Phase.READY]:
+            records.worker_exited(pid, SEGV, now, stopping=False)
+        turn(records, executor, world, d, now)
+    forks = len(world.ends) - started
     assert forks <= backoff.CRASH_BURST + 20 * backoff.CRASH_RATE + 1
     assert forks >= 20 * backoff.CRASH_RATE - 1  # but the app is replenished at the rate, never emptied for long
-    assert recs.backoff == {}  # never a boot failure
+    assert records.backoff == {}  # never a boot failure
 
 
-def test_a_bad_in_place_deploy_backs_off_the_proven_revision_too(fake: FakeWorld, recs: Records) -> None:
+def test_a_bad_in_place_deploy_backs_off_the_proven_revision_too(world: FakeWorld, records: Records) -> None:
     """The code on disk breaks under a revision that has run healthy for long: a crashed old worker's
     replacements fail to boot, and the old workers that stay healthy must not clear that backoff."""
-    executor = Executor(recs, fake, fake.ports())
+    executor = Executor(records, world, world.ports())
     d = desired(api={"workers": 3})
     rev = d.apps["api"].revision
     now = 0.0
     for _ in range(30):
         now += 0.25
-        turn(recs, executor, fake, d, now)
-    assert recs.proven["api"].revision == rev
-    started = len(fake.ends)
-    recs.worker_exited(min(recs.workers), signal.SIGKILL, now, stopping=False)
+        turn(records, executor, world, d, now)
+    assert records.proven["api"].revision == rev
+    started = len(world.ends)
+    records.worker_exited(min(records.workers), signal.SIGKILL, now, stopping=False)
     for _ in range(40):  # 10 s: every new worker of the revision exits at boot (it imports the broken code)
         now += 0.25
-        turn(recs, executor, fake, d, now)
-        for pid in [p for p in recs.workers if p not in range(0, 500 + started)]:
-            recs.worker_exited(pid, BOOT_ERROR, now, stopping=False)
-    boots = len(fake.ends) - started
+        turn(records, executor, world, d, now)
+        for pid in [p for p in records.workers if p not in range(0, 500 + started)]:
+            records.worker_exited(pid, BOOT_ERROR, now, stopping=False)
+    boots = len(world.ends) - started
     assert 3 <= boots <= 5  # 1 + 2 + 4 s of backoff (and the first retry at once) in 10 s, not 40
-    assert recs.backoff[("api", rev)].failures == boots
-    assert recs.crashes[("api", "boot_failure")] == boots and recs.crashes[("api", "SIGKILL")] == 1
-    assert ready(recs, "api") == 2  # the old workers keep serving
+    assert records.backoff[("api", rev)].failures == boots
+    assert records.crashes[("api", "boot_failure")] == boots and records.crashes[("api", "SIGKILL")] == 1
+    assert ready(records, "api") == 2  # the old workers keep serving
 
 
 def test_a_fresh_healthy_worker_clears_the_backoff() -> None:

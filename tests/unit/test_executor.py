@@ -8,13 +8,9 @@ code the master runs, with the floor of ready workers sampled after every step.
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import pytest
 
 from forkserve import channel
 from forkserve.config.binds import BindAddress
@@ -89,23 +85,6 @@ def turn(records: Records, executor: Executor, world: FakeWorld, want: DesiredSt
 
 def ready(records: Records, app: str) -> int:
     return sum(r.view.phase is Phase.READY for r in records.workers.values() if r.view.app == app)
-
-
-@pytest.fixture
-def world() -> Iterator[FakeWorld]:
-    fake = FakeWorld()
-    yield fake
-    for end in fake.ends.values():
-        os.close(end.write_fd)
-    for sock in fake.sockets:
-        sock.close()
-
-
-@pytest.fixture
-def records(world: FakeWorld) -> Iterator[Records]:
-    made = Records(world)
-    yield made
-    made.close_ends()
 
 
 def test_scale_then_roll_keeps_the_floor_through_the_real_executor(world: FakeWorld, records: Records) -> None:
