@@ -21,5 +21,7 @@ Why httptools (llhttp, the parser of Node.js) and not gevent.pywsgi's parser or 
     * well kept: llhttp is maintained by the Node.js project and fuzzed; httptools is maintained by MagicStack
       (uvloop/uvicorn) and ships wheels.
     What it does not do, we do in `parse`: the request-line / header-count / header-size limits (414 / 431), the
-    HTTP_* environ mapping, and a bound on the bytes fed while a header block is incomplete.
+    HTTP_* environ mapping, a bound on the bytes fed while a header block is incomplete, the RFC 9110/9112 rules it
+    leaves to its user (versions -> 505, Host, fields that appear once, forbidden trailers, request-target forms,
+    Transfer-Encoding in HTTP/1.0 -> 400), and methods outside its fixed list (parsed again with a placeholder).
 """
