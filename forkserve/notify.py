@@ -43,6 +43,7 @@ class Notifier:
         env = os.environ if environ is None else environ
         value = env.get("NOTIFY_SOCKET", "")
         self.watchdog_interval = _watchdog_interval(env)
+        self.exported = {v: env[v] for v in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID") if v in env}
         if unset and environ is None:
             for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                 os.environ.pop(var, None)

@@ -10,6 +10,7 @@ file validates in a child answers when the child does. The command table is fixe
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import time
 from collections.abc import Callable, Collection
@@ -160,6 +161,16 @@ class ControlPlane:
             self.announced_ready = True
             self.notifier.ready(line)
         self.notifier.status(line)
+
+    def close_for_exec(self) -> dict[str, str]:
+        """An upgrade's exec: close the sockets, not the service (no STOPPING=1); the environment the new master
+        needs to keep talking to systemd."""
+        self.announced_stopping = True
+        self.close()
+        env = dict(self.notifier.exported)
+        if "WATCHDOG_PID" in env:
+            env["WATCHDOG_PID"] = str(os.getpid())
+        return env
 
     def close(self) -> None:
         if self.notifier.enabled and not self.announced_stopping:

@@ -38,7 +38,6 @@ class DeploymentHost(Protocol):
 class Deployment:
     def __init__(self, site: SiteFile, records: Records, host: DeploymentHost) -> None:
         self.site, self.records, self.host = site, records, host
-        self.rolls: set[str] = set()  # apps whose code the next explicit reload rolls (`forkserve reload APP`)
         self.file = DesiredState()  # as the site file says
         self.releases: dict[str, Release] = {}
         self.generations: dict[str, int] = {}
@@ -81,24 +80,23 @@ class Deployment:
         self.env_files_seen = seen
         return changed
 
-    def roll(self, apps: Collection[str] = ()) -> None:
-        """The next explicit reload rolls these apps' code (all by default). ValueError: an app not in the site."""
+    def to_roll(self, apps: Collection[str] = ()) -> set[str]:
+        """The apps a `forkserve reload APP...` rolls (all by default). ValueError: an app not in the site."""
         unknown = sorted(name for name in apps if name not in self.file.apps)
         if unknown:
             raise ValueError(f"no app named {', '.join(unknown)} in the site (apps: "
                              f"{', '.join(sorted(self.file.apps)) or 'none'})")
-        self.rolls |= set(apps or self.file.apps)
+        return set(apps or self.file.apps)
 
     # ---- sitefile.ReloadHost ------------------------------------------------------------------------------------
 
-    def apply(self, loaded: LoadedSite, data: bytes, explicit: bool) -> ReloadOutcome:
+    def apply(self, loaded: LoadedSite, data: bytes, explicit: bool, roll: Collection[str] = ()) -> ReloadOutcome:
         if self.host.stopping():  # a validation that finished after a stop was asked for: a stop is final
             log.info("site file validated while stopping: not applied")
             return ReloadOutcome(ReloadKind.STOPPING, self.site.revision)
         first = self.site.server is None
         outcome = self.site.accept(loaded, data, self.file)
-        rolls, self.rolls = (self.rolls, set()) if explicit else (set(), self.rolls)
-        rolled = self.accept(loaded.desired, rolls)
+        rolled = self.accept(loaded.desired, roll if explicit else ())
         self.host.publish(self.desired)
         if rolled:
             outcome = dataclasses.replace(outcome, rolled=tuple(rolled))

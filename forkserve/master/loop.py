@@ -131,9 +131,12 @@ class Master:
         now = time.monotonic()
         for action in plan(self.desired, self.records.observed(), now):
             if isinstance(action, OpenListener):
+                upgrade = self.handover.adopted  # the previous workers serve on: a bind error is a reload's
                 try:
-                    self.executor.open(action, self.desired.apps[action.app], now, at_startup=True)
+                    self.executor.open(action, self.desired.apps[action.app], now, at_startup=not upgrade)
                 except BindError as exc:
+                    if upgrade:
+                        continue  # logged, retried after BIND_RETRY; never exit with the previous workers orphaned
                     self._close_all_listeners()
                     raise StartupError(f"app {action.app!r}: cannot bind {exc}") from None
         self.handover.leftovers()
@@ -354,8 +357,7 @@ class Master:
             if respond is not None:
                 respond(ReloadOutcome(ReloadKind.STOPPING, self.site.revision))
             return
-        self.deployment.roll(apps)
-        self.reloads.request(explicit=True, respond=respond)
+        self.reloads.request(explicit=True, respond=respond, roll=self.deployment.to_roll(apps))
 
     def plan_file(self, text: bytes, path: str, respond: Callable[[LoadedSite | ConfigError], None]) -> bool:
         """Validate a would-be site file for `forkserve plan` (without blocking); False when too busy."""
@@ -368,17 +370,17 @@ class Master:
         if self.desired.stopping:
             return
         self.reloads.tick()
-        explicit, self.reload_requested = self.reload_requested, False
-        if explicit:
-            self.deployment.roll()
-        changed = self.watching and signature(self.site.path) != self.site.signature
         wakeup = self.wakeup
-        if changed and wakeup.file_event_at is None:
+        if self.reload_requested:  # SIGHUP: like `forkserve reload`, every app's code rolls
+            self.reload_requested, wakeup.file_event_at = False, None
+            self.reloads.request(explicit=True, roll=self.deployment.to_roll())
+            return
+        if self.watching and signature(self.site.path) != self.site.signature and wakeup.file_event_at is None:
             wakeup.file_event_at = now  # seen by the timer's stat check: debounce like a watcher event
-        if not explicit and (wakeup.file_event_at is None or now - wakeup.file_event_at < DEBOUNCE):
+        if wakeup.file_event_at is None or now - wakeup.file_event_at < DEBOUNCE:
             return
         wakeup.file_event_at = None
-        self.reloads.request(explicit)
+        self.reloads.request(explicit=False)
 
     def _check_outside(self, now: float) -> None:
         """What the site depends on outside its file: release symlinks (roll) and env_files (reload)."""
@@ -406,10 +408,14 @@ class Master:
     def site_path(self) -> str:
         return self.site.path
 
-    def before_exec(self) -> tuple[dict[BindAddress, Listener], list[int], dict[int, int]]:
+    def take_signals(self) -> list[int]:
+        return self.wakeup.take_signals()
+
+    def before_exec(self) -> tuple[dict[BindAddress, Listener], list[int], dict[int, int], dict[str, str]]:
+        env: dict[str, str] = {}
         if self.control:
             self.control.before_reload(True)  # systemd: RELOADING=1; the new master says READY=1
-            self.control.close()
+            env = self.control.close_for_exec()  # not STOPPING=1; NOTIFY_SOCKET passed on
             self.control = None
         if self.watcher:
             self.watcher.stop()
@@ -417,9 +423,10 @@ class Master:
         self.validations.cancel_all()
         for handler in log.handlers:
             handler.flush()
-        return self.records.listeners, [*self.records.workers], self.preloads.controls()
+        return self.records.listeners, [*self.records.workers], self.preloads.controls(), env
 
     def after_failed_exec(self) -> None:
+        self.reloads.abandon()  # before_exec cancelled its validation
         if self.site.server is not None:
             try:
                 self._start_services(self.site.server)

@@ -19,7 +19,7 @@ import logging
 import os
 import selectors
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -130,7 +130,8 @@ class Validations:
 class ReloadHost(Protocol):
     """What reloads need of the master."""
 
-    def apply(self, loaded: LoadedSite, data: bytes, explicit: bool) -> ReloadOutcome: ...
+    def apply(self, loaded: LoadedSite, data: bytes, explicit: bool, roll: Collection[str] = ()) -> ReloadOutcome:
+        ...
 
     def before_reload(self, explicit: bool) -> None: ...
 
@@ -165,12 +166,15 @@ class Reloads:
         self.queued = False  # a reload asked for while one validates (or waits for the file to settle)
         self.explicit = False  # of the queued one
         self.waiters: list[Respond] = []
+        self.roll: set[str] = set()  # apps whose code the next explicit reload rolls (dropped if it does not apply)
         self.not_before = 0.0  # wall time: a destructive in-place change waits until then
         self.replaced = False  # the file read last replaced the one before it (another inode): complete
 
-    def request(self, explicit: bool, respond: Respond | None = None) -> None:
+    def request(self, explicit: bool, respond: Respond | None = None, roll: Collection[str] = ()) -> None:
+        """`roll`: apps whose code this (explicit) reload rolls, if the file it reads applies."""
         if respond is not None:
             self.waiters.append(respond)
+        self.roll |= set(roll)
         self.explicit |= explicit
         self.queued = True
         if explicit:
@@ -179,8 +183,8 @@ class Reloads:
             self._begin()
 
     def _begin(self) -> None:
-        explicit, waiters = self.explicit, self.waiters
-        self.queued, self.explicit, self.waiters = False, False, []
+        explicit, waiters, roll = self.explicit, self.waiters, self.roll
+        self.queued, self.explicit, self.waiters, self.roll = False, False, [], set()
         self.host.before_reload(explicit)
         site = self.site
         sig = signature(site.path)
@@ -196,14 +200,22 @@ class Reloads:
             return
         self.validating = True
         started = self.validations.start(data, site.path,
-                                         lambda result: self._validated(explicit, waiters, data, result))
+                                         lambda result: self._validated(explicit, waiters, data, result, roll))
         if not started:  # every child slot is taken by `plan` requests: `tick` tries again
             self.validating = False
             self.queued, self.explicit, self.waiters = True, self.explicit or explicit, waiters + self.waiters
+            self.roll |= roll
 
     def tick(self) -> None:
         if self.queued and not self.validating and time.time() >= self.not_before:
             self._begin()
+
+    def abandon(self) -> None:
+        """Its validation was cancelled (an upgrade's exec that then failed): answer who waits, start afresh."""
+        if self.validating:
+            self.validating = False
+            waiters, self.waiters = self.waiters, []
+            _answer(waiters, ReloadOutcome(ReloadKind.ERROR, self.site.revision))
 
     def _next(self) -> None:
         """After a reload: the queued one runs now, or, once the master is stopping, is answered and dropped."""
@@ -237,16 +249,17 @@ class Reloads:
         return outcome
 
     def _validated(self, explicit: bool, waiters: list[Respond], data: bytes,
-                   result: LoadedSite | ConfigError) -> None:
+                   result: LoadedSite | ConfigError, roll: set[str]) -> None:
         self.validating = False
         try:
-            outcome = self._outcome(explicit, data, result)
+            outcome = self._outcome(explicit, data, result, roll)
         except Exception:  # a bug while applying: logged; everyone waiting still gets an answer
             log.exception("applying the site file failed; nothing changed")
             outcome = ReloadOutcome(ReloadKind.ERROR, self.site.revision)
         self._finish(explicit, waiters, outcome)
 
-    def _outcome(self, explicit: bool, data: bytes, result: LoadedSite | ConfigError) -> ReloadOutcome:
+    def _outcome(self, explicit: bool, data: bytes, result: LoadedSite | ConfigError, roll: set[str]
+                 ) -> ReloadOutcome:
         site = self.site
         if isinstance(result, ConfigError):
             site.errors = tuple(d.format() for d in result.diagnostics)
@@ -259,7 +272,7 @@ class Reloads:
         else:
             if explicit:
                 self.host.clear_backoff()  # the operator asked: try broken apps again now
-            outcome = self.host.apply(result, data, explicit)
+            outcome = self.host.apply(result, data, explicit, roll)
         return outcome
 
     def _unsettled(self, explicit: bool, result: LoadedSite) -> ReloadOutcome | None:

@@ -88,7 +88,7 @@ class Preflight:
 
 
 def exec_in_place(site_path: str, listeners: Mapping[BindAddress, Listener], workers: list[int],
-                  preloads: Mapping[int, int]) -> OSError:
+                  preloads: Mapping[int, int], extra_env: Mapping[str, str] | None = None) -> OSError:
     """Replace this process with a fresh `forkserve up SITE` that takes over; returns only on failure.
     `preloads`: preload process pid -> its control socket's fd, kept open across the exec (a preload process
     exits when its master closes that socket, and its workers with it)."""
@@ -97,9 +97,9 @@ def exec_in_place(site_path: str, listeners: Mapping[BindAddress, Listener], wor
     fds = [*(li.sock.fileno() for li in listeners.values()), *preloads.values()]
     for fd in fds:
         os.set_inheritable(fd, True)
-    env = {**os.environ, ENV: json.dumps(handover)}
+    env = {**os.environ, **(extra_env or {}), ENV: json.dumps(handover)}
     argv = [sys.executable, "-m", "forkserve", "up", site_path]
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED)  # already blocked by Upgrade._checked
     try:
         os.execve(sys.executable, argv, env)
     except OSError as exc:
@@ -151,10 +151,15 @@ class Handover:
         return None if fd is None else adopt_listener(fd, bind)
 
     def leftovers(self) -> None:
-        """Sockets handed over that no bind of the site file took: closed."""
-        for fd in self.listeners.values():
+        """Sockets handed over that no bind of the site file took (the file changed before the upgrade): closed,
+        and a unix socket's file removed, as the previous master would have on closing it."""
+        for name, fd in self.listeners.items():
             with contextlib.suppress(OSError):
                 os.close(fd)
+            bind = name.rsplit("#", 1)[0]
+            if bind.startswith("unix:"):  # its file was the previous master's to remove
+                with contextlib.suppress(OSError):
+                    os.unlink(bind.removeprefix("unix:"))
         self.listeners.clear()
 
     def reaped(self, pid: int) -> None:
@@ -206,7 +211,12 @@ class UpgradeHost(Protocol):
     @property
     def site_path(self) -> str: ...
 
-    def before_exec(self) -> tuple[Mapping[BindAddress, Listener], list[int], dict[int, int]]:
+    def stopping(self) -> bool: ...
+
+    def take_signals(self) -> list[int]:
+        """Signals noted by the handlers, not yet acted on."""
+
+    def before_exec(self) -> tuple[Mapping[BindAddress, Listener], list[int], dict[int, int], dict[str, str]]:
         """Stop what must not outlive the exec (control socket, watcher, validations); return the listeners,
         the worker pids and the preload processes' control fds to hand over."""
 
@@ -241,11 +251,23 @@ class Upgrade:
                       "\n".join("    " + line for line in text.splitlines()[-20:]))
             self._answer(RuntimeError(f"refused: forkserve check failed with the installed code: {text[-500:]}"))
             return
+        # From here to the exec, a signal must reach the new master: block them now, and hand the ones noted but
+        # not yet acted on back to the kernel (pending signals survive execve).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED)
+        for sig in self.host.take_signals():
+            os.kill(os.getpid(), sig)
+        if self.host.stopping():  # a stop asked for during the preflight is final
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            self.host.upgrading = None
+            log.warning("upgrade abandoned: the master is stopping")
+            self._answer(RuntimeError("the master is stopping"))
+            return
         self._answer({"upgrading": True, "pid": os.getpid()})
         log.info("upgrade: re-executing %s -m forkserve up %s in place (pid %d)", sys.executable,
                  self.host.site_path, os.getpid())
-        listeners, workers, preloads = self.host.before_exec()
-        exc = exec_in_place(self.host.site_path, listeners, workers, preloads)
+        listeners, workers, preloads, env = self.host.before_exec()
+        exc = exec_in_place(self.host.site_path, listeners, workers, preloads, env)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         log.error("upgrade failed: cannot execute %s: %s; serving on as before", sys.executable, exc)
         self.host.upgrading = None
         self.host.after_failed_exec()

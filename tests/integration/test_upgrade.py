@@ -3,8 +3,10 @@ and replaces the workers once the new ones are ready. Under a steady load: no fa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,70 @@ def test_an_upgrade_the_installed_code_cannot_check_is_refused(site_factory: Fac
     assert code == 2 and "refused" in err, err
     assert pids(site) == before and "upgrade refused" in site.log()
     assert os.path.exists(site.dir / "run" / "control.sock")
+
+
+def test_under_systemd_an_upgrade_is_a_reload_not_a_stop(site_factory: Factory, tmp_path: Path,
+                                                         monkeypatch: Any) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    site = site_factory(SITE).start()
+    wait_until(lambda: serving(site), what="both apps running")
+    started = status(site)["master"]["started_at"]
+    messages: list[str] = []
+
+    def heard(text: str) -> bool:
+        with contextlib.suppress(TimeoutError):
+            messages.extend(notify.recv(4096).decode().splitlines())
+        return any(text in m for m in messages)
+
+    wait_until(lambda: heard("READY=1"), what="the first READY=1")
+    messages.clear()
+    site.signal(signal.SIGUSR2)
+    wait_until(lambda: upgraded(site, started), timeout=30, what="the re-executed master")
+    wait_until(lambda: heard("READY=1"), timeout=20, what="READY=1 from the new master")
+    notify.close()
+    assert "RELOADING=1" in messages and not any(m.startswith("STOPPING=1") for m in messages), messages
+
+
+def test_a_stop_asked_for_during_the_preflight_is_final(site_factory: Factory) -> None:
+    site = site_factory(SITE, expect=[r"upgrade abandoned: the master is stopping"]).start()
+    wait_until(lambda: serving(site), what="both apps running")
+    site.signal(signal.SIGUSR2)
+    wait_until(lambda: "upgrade: checking the site" in site.log(), what="the preflight")
+    site.signal(signal.SIGTERM)
+    assert site.proc is not None
+    assert site.proc.wait(timeout=30) == 0
+    assert "re-executing" not in site.log()
+
+
+def test_a_bind_the_new_master_cannot_open_does_not_stop_it(site_factory: Factory) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    site = site_factory(SITE, expect=[rf"cannot bind tcp://127.0.0.1:{port}"]).start()
+    try:
+        wait_until(lambda: serving(site), what="both apps running")
+        web, started = site.address("web"), status(site)["master"]["started_at"]
+        site.write(SITE.replace('binds = ["127.0.0.1:0", "unix:@DIR@/web.sock"]',
+                                f'binds = ["127.0.0.1:0", "unix:@DIR@/web.sock", "127.0.0.1:{port}"]'))
+        site.signal(signal.SIGUSR2)  # watch = false: the edit is read by the new master only
+        wait_until(lambda: "retrying in" in site.log(), timeout=30, what="the failed bind to be logged")
+        assert site.proc is not None and site.proc.poll() is None
+        wait_until(lambda: status(site)["master"]["started_at"] != started, what="the new master")
+        assert get(web)[0] == 200
+    finally:
+        taken.close()
+
+
+def test_a_unix_bind_removed_before_an_upgrade_leaves_no_file(site_factory: Factory) -> None:
+    site = site_factory(SITE).start()
+    wait_until(lambda: serving(site), what="both apps running")
+    started = status(site)["master"]["started_at"]
+    assert (site.dir / "web.sock").exists()
+    site.write(SITE.replace(', "unix:@DIR@/web.sock"', ""))
+    site.signal(signal.SIGUSR2)
+    wait_until(lambda: upgraded(site, started), timeout=30, what="the re-executed master")
+    assert not (site.dir / "web.sock").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import selectors
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,10 +36,12 @@ class Harness:
         self.outcomes: list[ReloadOutcome] = []
         self.cleared = 0
         self.rest = 0.0  # settle()
+        self.rolled: list[set[str]] = []  # the roll each apply was given
         self.reloads = Reloads(self.site, self.validations, self)
 
     # ReloadHost
-    def apply(self, loaded: LoadedSite, data: bytes, explicit: bool) -> ReloadOutcome:
+    def apply(self, loaded: LoadedSite, data: bytes, explicit: bool, roll: Collection[str] = ()) -> ReloadOutcome:
+        self.rolled.append(set(roll))
         outcome = self.site.accept(loaded, data, self.desired)
         self.desired = loaded.desired
         return outcome
@@ -165,3 +167,15 @@ def test_a_destructive_change_that_arrives_by_rename_or_reload_applies_at_once(h
     harness.reloads.request(explicit=True)
     harness.pump(4)
     assert harness.outcomes[-1].kind is ReloadKind.APPLIED and set(harness.desired.apps) == {"web"}
+
+
+def test_a_roll_asked_for_with_a_file_that_does_not_apply_is_dropped(harness: Harness) -> None:
+    path = Path(harness.site.path)
+    path.write_text(SITE.format(n=0))  # invalid
+    harness.reloads.request(explicit=True, roll={"web"})  # `forkserve reload web`: answered "invalid"
+    harness.pump(1)
+    assert harness.outcomes[-1].kind is ReloadKind.INVALID and harness.rolled == []
+    path.write_text(SITE.format(n=2))
+    harness.reloads.request(explicit=True, roll={"api"})  # a later `forkserve reload api` rolls api only
+    harness.pump(2)
+    assert harness.outcomes[-1].kind is ReloadKind.APPLIED and harness.rolled == [{"api"}]
