@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the master process never imports pydantic: config is valida
 ROLL_FIELDS: tuple[str, ...] = (
     "module", "binds", "worker_class", "worker_connections", "preload", "timeout", "boot_timeout", "max_requests",
     "max_requests_jitter", "keepalive", "chdir", "pythonpath", "env", "limit_request_line",
-    "limit_request_fields", "limit_request_field_size",
+    "limit_request_fields", "limit_request_field_size", "limit_request_body", "forwarded_allow_ips",
 )
 # Fields the master applies itself, with no new workers.
 LIVE_FIELDS: tuple[str, ...] = ("workers", "graceful_timeout", "max_surge", "max_unavailable", "backlog",
@@ -64,6 +64,8 @@ class AppSpec:
     log_level: str
     preload: bool = False  # import once in a per-(app, revision) zygote and fork the workers from it
     start_dir: str = ""  # where `forkserve up` was started: the cwd and a sys.path entry when chdir is unset
+    limit_request_body: int = 100 * 1024 * 1024  # bytes; 0: no limit
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")  # "*": every peer; unix peers always trusted
 
 
 @dataclass(frozen=True)
@@ -184,4 +186,6 @@ def _app_spec(name: str, app: AppConfig, site: SiteConfig, start_dir: str = "") 
         error_log=site.server.error_log,
         log_level=site.server.log_level,
         start_dir=start_dir,
+        limit_request_body=app.limit_request_body,
+        forwarded_allow_ips=tuple(app.forwarded_allow_ips),
     )

@@ -69,8 +69,22 @@ def _at(key: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("cross_field", message, {"at": key})
 
 
+def _allow_item(v: str) -> str:
+    """One `forwarded_allow_ips` item: "*" or an IP address / CIDR network, in its canonical spelling."""
+    import ipaddress
+
+    if v == "*":
+        return v
+    try:
+        network = ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise ValueError(f'{v!r} is not an IP address, a CIDR network ("10.0.0.0/8") or "*"') from None
+    return str(network.network_address) if network.num_addresses == 1 else str(network)
+
+
 # Each item is checked on its own, so a bad bind is reported at `binds[i]`, not at the whole list.
 BindStr = Annotated[StrictStr, AfterValidator(_bind_item)]
+AllowIp = Annotated[StrictStr, AfterValidator(_allow_item)]
 AppName = Annotated[str, StringConstraints(pattern=APP_NAME_RE.pattern)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE.pattern)]
 
@@ -211,6 +225,19 @@ class AppConfig(BaseModel):
     )
     limit_request_field_size: int = Field(
         8190, ge=0, le=65536, description="Largest header field in bytes (0: the maximum, 65536); larger gets 431."
+    )
+    limit_request_body: int = Field(
+        100 * 1024 * 1024, ge=0, le=1 << 50,
+        description="Largest request body in bytes (0: no limit). A larger Content-Length gets 413 before any body "
+        "byte is read; a chunked body is cut with 413 once it passes the limit, and the app never sees more. "
+        "The default, 100 MiB, stops runaway uploads out of the box while leaving room for ordinary files.",
+    )
+    forwarded_allow_ips: tuple[AllowIp, ...] = Field(
+        ("127.0.0.1", "::1"), strict=False,
+        description='Peers trusted to set X-Forwarded-For/-Proto/-Host/-Port and Forwarded (RFC 7239): IP '
+        'addresses or CIDR networks, or ["*"] for any peer. Unix-socket peers are always trusted. From a trusted '
+        "peer they set REMOTE_ADDR (the rightmost hop that is not a trusted proxy), wsgi.url_scheme, HTTP_HOST, "
+        "SERVER_NAME and SERVER_PORT (conflicting schemes get 400); from other peers they are plain headers.",
     )
 
     @field_validator("chdir", "env_file")

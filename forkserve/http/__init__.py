@@ -8,6 +8,7 @@ Modules:
     writer      one response: start_response, framing, list / iterable / sendfile bodies, socket writes
     connection  the per-connection loop: pipelined requests in order, keep-alive, 100-continue, HEAD, errors
     accesslog   the buffered access log
+    proxy       trusted peers (`forwarded_allow_ips`) and what their X-Forwarded-* / Forwarded headers set
 No module keeps state of its own: what the request path caches belongs to the worker's `Context`.
 
 Why httptools (llhttp, the parser of Node.js) and not gevent.pywsgi's parser or a hand-written one:

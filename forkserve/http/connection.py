@@ -48,7 +48,8 @@ class Connection(ResponseWriter):
     def __init__(self, ctx: Context, sock: _socket.socket, env: dict[str, Any]) -> None:
         self.ctx = ctx
         self.sock = sock
-        self.parser = RequestParser(self, env, ctx.limit_line, ctx.limit_fields, ctx.limit_field, ctx.parse_cache)
+        self.parser = RequestParser(self, env, ctx.limit_line, ctx.limit_fields, ctx.limit_field, ctx.parse_cache,
+                                    ctx.limit_body, ctx.peers)
         # idle between two requests of a keep-alive connection: a graceful stop may close it. Never true before
         # the first request: a connection just accepted carries a request the client expects an answer to.
         self.waiting = False

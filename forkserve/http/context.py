@@ -17,6 +17,7 @@ from typing import Any
 
 from forkserve.channel import REQUEST_LEN, REQUEST_START, TEXT_BYTES
 from forkserve.http.parse import ParseCache
+from forkserve.http.proxy import TrustedPeers
 from forkserve.http.response import Clock, FileWrapper, HeadCache
 
 
@@ -27,7 +28,7 @@ class Context:
                  log: Any, *, keepalive: float, timeout: float, limit_line: int, limit_fields: int,
                  limit_field: int, access: Callable[..., None] | None, max_requests: int,
                  on_max_requests: Callable[[], None], clock: Clock | None = None, text: Any = None,
-                 starts: Any = None) -> None:
+                 starts: Any = None, limit_body: int = 0, peers: TrustedPeers | None = None) -> None:
         self.app = app
         self.slot = slot
         self.starts = starts if starts is not None else slot  # the slot as doubles: starts[REQUEST_START]
@@ -41,6 +42,8 @@ class Context:
         self.limit_line = limit_line
         self.limit_fields = limit_fields
         self.limit_field = limit_field
+        self.limit_body = limit_body  # limit_request_body (0: none)
+        self.peers = peers  # forwarded_allow_ips (None: no peer is trusted, forwarding headers are plain headers)
         self.access = access
         self.max_requests = max_requests if max_requests > 0 else -1
         self.on_max_requests = on_max_requests

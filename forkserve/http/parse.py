@@ -10,6 +10,11 @@ Limits (gunicorn's meaning):
     more than limit_request_fields header fields           -> 431
     a header field line ("name: value" + CRLF) > limit_request_field_size -> 431
     a header block that keeps growing past what the limits allow    -> 431 (bounds the parser's own buffers)
+    a Content-Length above limit_request_body (0: no limit)          -> 413 before any body byte is read
+    a chunked body whose decoded size passes limit_request_body      -> 413 (the app never gets the bytes past it)
+Forwarding headers (X-Forwarded-*, Forwarded) of a request from a trusted peer (`trusted`, decided once per
+connection) rewrite the environ through `forkserve.http.proxy`; a conflict or a malformed value -> 400. Checked
+only when one of them is present: five dict lookups per request from a trusted peer, none from others.
 Checks after llhttp's callbacks (RFC 9110/9112; the app is not called, the connection closes):
     a version other than HTTP/1.0 and HTTP/1.1                                        -> 505 (RFC 9110 §15.6.6)
     HTTP/1.1 without Host; two Host or two Content-Type fields                        -> 400 (RFC 9112 §3.2, 9110 §5.3)
@@ -41,6 +46,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from forkserve.http.body import EMPTY, InputStream
+from forkserve.http.proxy import FORWARD_KEYS, ForwardedError, TrustedPeers, apply_forwarded
 
 REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
@@ -107,12 +113,13 @@ class ParseError(Exception):
 
 
 class RequestParser:
-    __slots__ = ("_parser", "base", "cache", "conn", "current", "env", "error", "failed_stream", "fed",
-                 "limit_field", "limit_fields", "limit_header_bytes", "limit_line", "nfields", "requests", "stash",
-                 "tail", "upgraded", "url")
+    __slots__ = ("_parser", "base", "cache", "chunk_left", "conn", "current", "env", "error", "failed_stream",
+                 "fed", "limit_body", "limit_field", "limit_fields", "limit_header_bytes", "limit_line", "nfields",
+                 "peers", "requests", "stash", "tail", "trusted", "upgraded", "url")
 
     def __init__(self, conn: Any, base: dict[str, Any], limit_line: int, limit_fields: int,
-                 limit_field: int, cache: ParseCache) -> None:
+                 limit_field: int, cache: ParseCache, limit_body: int = 0, peers: TrustedPeers | None = None,
+                 ) -> None:
         self.conn = conn
         self.base = base
         self.cache = cache
@@ -120,6 +127,11 @@ class RequestParser:
         self.limit_fields = limit_fields
         self.limit_field = limit_field
         self.limit_header_bytes = limit_line + 4 + limit_fields * (limit_field + 2) + 2
+        self.limit_body = limit_body  # 0: no limit
+        self.chunk_left = -1  # decoded chunked-body bytes the current request may still send (-1: not counted)
+        self.peers = peers
+        # the peer may set REMOTE_ADDR / scheme / host through forwarding headers: decided once per connection
+        self.trusted = peers is not None and peers.trusts(base.get("REMOTE_ADDR", ""))
         self.requests: deque[tuple[dict[str, Any], bool, Any]] = deque()
         self.current: Any = None  # wsgi.input receiving body bytes (None between messages)
         self.env: dict[str, Any] | None = None  # environ under construction
@@ -246,14 +258,25 @@ class RequestParser:
         if url[:1] != b"/":
             check_target(name, url)
         env["RAW_URI"], env["PATH_INFO"], env["QUERY_STRING"] = cache.urls.get(url) or cache.split_url(url)
+        if self.trusted and not env.keys().isdisjoint(FORWARD_KEYS):  # 5 lookups (the shorter side)
+            try:
+                apply_forwarded(env, self.peers)  # type: ignore[arg-type]
+            except ForwardedError as exc:
+                raise ParseError(400, str(exc)) from None
         length = env.get("CONTENT_LENGTH")
         if (length is None or length == "0") and "HTTP_TRANSFER_ENCODING" not in env:
             stream: Any = EMPTY
         else:
+            limit = self.limit_body
             if "HTTP_TRANSFER_ENCODING" in env:
                 if version == "1.0":  # RFC 9112 §6.1: faulty framing
                     raise ParseError(400, "Transfer-Encoding in HTTP/1.0")
                 parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)  # BWS, RFC 9112 §7.1.1
+                self.chunk_left = limit if limit else -1
+            else:
+                self.chunk_left = -1
+                if limit and int(length) > limit:  # type: ignore[arg-type]  # llhttp checked its syntax
+                    raise ParseError(413, "Content-Length above limit_request_body")
             expect = env.get("HTTP_EXPECT")
             stream = InputStream(self.conn, expect is not None and expect.lower() == "100-continue"
                                  and version == "1.1")
@@ -263,6 +286,12 @@ class RequestParser:
 
     def on_body(self, body: bytes) -> None:
         stream = self.current
+        left = self.chunk_left
+        if left >= 0:  # a chunked body under limit_request_body
+            left -= len(body)
+            if left < 0:
+                raise ParseError(413, "chunked body above limit_request_body")
+            self.chunk_left = left
         if not stream.discard:
             stream.buf += body
 

@@ -9,6 +9,7 @@ worker caches is visible from the object that owns it. Both are bounded.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,8 @@ HEADS_CACHE = 512  # distinct (status, headers) pairs whose rendered header bloc
 # allowed by the app, the Clock attribute that ends the block, bodyless status)
 Head = tuple[bytes, int, int, bool, str, bool]
 
+# RFC 9110 §5.1 / §5.6.2: a field name is a token
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -81,12 +84,24 @@ def status_line(status: str) -> tuple[str, int]:
     return f"HTTP/1.1 {status}\r\n", int(code_text)
 
 
+def check_header(name: Any, value: Any) -> None:
+    """A response header's name is a `str` token, its value a `str` (NUL, CR and LF: see render_head)."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise TypeError(f"response header {name!r}: name and value must be str, not "
+                        f"{type(name).__name__} and {type(value).__name__}")
+    if _TOKEN.fullmatch(name) is None:
+        raise ValueError(f"response header name {name!r} is not a token (RFC 9110 §5.1)")
+
+
 def render_head(line: str, code: int, headers: Any) -> Head:
-    """Validate and render the app's headers once, behind its status line (see `Head`)."""
+    """Validate and render the app's headers once, behind its status line (see `Head`). A name that is not a
+    `str` token (RFC 9110 §5.1) or a value that is not a `str` free of NUL, CR and LF raises (-> 500): the
+    result is cached per (status, headers), so the checks run once per distinct header list, not per request."""
     declared = -1
     keep_ok = server = date = True
     parts = []
     for name, value in headers:
+        check_header(name, value)
         lower = name.lower()
         if lower == "content-length":
             declared = int(value)
@@ -104,8 +119,8 @@ def render_head(line: str, code: int, headers: Any) -> Head:
             date = False
         parts.append(f"{name}: {value}\r\n")
     text = "".join(parts)
-    if text.count("\n") != len(parts) or text.count("\r") != len(parts):
-        raise ValueError("CR or LF inside a response header name or value")
+    if text.count("\n") != len(parts) or text.count("\r") != len(parts) or "\0" in text:
+        raise ValueError("NUL, CR or LF inside a response header value")
     bodyless = code < 200 or code == 204 or code == 304
     if bodyless:
         declared = -1

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from forkserve.channel import WorkerEnd
 from forkserve.http.accesslog import AccessLog
 from forkserve.http.context import Context
+from forkserve.http.proxy import TrustedPeers
 from forkserve.http.response import Clock
 from forkserve.logs import reopen_file_handler
 from forkserve.spec import AppSpec
@@ -125,7 +126,8 @@ class Worker:
             limit_field=spec.limit_request_field_size, access=self.access,
             max_requests=spec.max_requests + jitter if spec.max_requests > 0 else 0,
             on_max_requests=self.max_requests_reached, clock=self.clock, text=self.channel.text,
-            starts=self.channel.starts)
+            starts=self.channel.starts, limit_body=spec.limit_request_body,
+            peers=TrustedPeers(spec.forwarded_allow_ips))
 
     # -- serving helpers --
 

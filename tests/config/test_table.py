@@ -45,6 +45,12 @@ BAD = [
     ('env = { 1A = "x" }', "    env: {1A: x}", "apps.api.env.1A", "environment variable name"),
     ('pythonpath = "lib"', "    pythonpath: lib", "apps.api.pythonpath", 'write a list: ["lib"]'),
     ('unix_socket_mode = "777x"', '    unix_socket_mode: "777x"', "apps.api.unix_socket_mode", "octal"),
+    ('forwarded_allow_ips = "*"', "    forwarded_allow_ips: '*'", "apps.api.forwarded_allow_ips",
+     'write a list: ["*"]'),
+    ('forwarded_allow_ips = ["10.0.0.0/33"]', "    forwarded_allow_ips: [10.0.0.0/33]",
+     "apps.api.forwarded_allow_ips[0]", "is not an IP address, a CIDR network"),
+    ("limit_request_body = -1", "    limit_request_body: -1", "apps.api.limit_request_body",
+     "expected a value at least 0"),
 ]
 
 

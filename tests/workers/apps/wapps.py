@@ -141,3 +141,31 @@ def ssl_patched(environ, start_response):
     body = f"{monkey.is_module_patched('ssl')} {ssl.SSLContext.__module__.startswith('gevent')}".encode()
     start_response("200 OK", [("Content-Length", str(len(body)))])
     return [body]
+
+
+BAD_HEADERS = {
+    "nul": ("X-A", "b\0c"),
+    "cr": ("X-A", "b\rc"),
+    "lf": ("X-A", "b\nX-Injected: 1"),
+    "colon": ("X-A: b", "c"),
+    "space": ("X A", "b"),
+    "empty": ("", "b"),
+    "bytesname": (b"X-A", "b"),
+    "bytesvalue": ("X-A", b"b"),
+    "int": ("X-A", 1),
+    "ok": ("X-A", "b, c; d=\"e\""),
+}
+
+
+def bad_header(environ, start_response):
+    """Answers with the response header BAD_HEADERS[QUERY_STRING] (from a list: the cached path)."""
+    name, value = BAD_HEADERS[environ["QUERY_STRING"]]
+    start_response("200 OK", [("Content-Type", "text/plain"), (name, value)])
+    return [b"sent"]
+
+
+def bad_header_iter(environ, start_response):
+    """The same from a generator (the streaming path)."""
+    name, value = BAD_HEADERS[environ["QUERY_STRING"]]
+    start_response("200 OK", [(name, value)])
+    yield b"sent"
