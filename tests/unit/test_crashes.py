@@ -20,7 +20,7 @@ from forkserve.master.records import Records
 from forkserve.outcomes import Crash, CrashCause
 from forkserve.plan import Spawn, plan
 from forkserve.state import Backoff, CrashBudget, Observed, Phase, WorkerView
-from tests.unit.test_executor import FakeWorld, ready, turn
+from tests.unit.test_executor import FakeWorld, ready, run_for, turn
 from tests.unit.test_plan import NOW, apply, desired, observed, worker
 
 SEGV = signal.SIGSEGV  # a wait status: killed by SIGSEGV
@@ -190,10 +190,7 @@ def test_a_ready_worker_killed_under_a_request_is_a_crash_with_what_it_served(wo
                                                                              records: Records) -> None:
     executor = Executor(records, world, world.ports())
     d = desired(api={"workers": 2})
-    now = 0.0
-    for _ in range(4):
-        now += 0.25
-        turn(records, executor, world, d, now)
+    now = run_for(records, executor, world, d, 4)
     assert ready(records, "api") == 2
     victim = min(records.workers)
     _serving(world, victim, "GET", "/report?id=7", now - 0.4)
@@ -210,10 +207,7 @@ def test_a_ready_worker_killed_under_a_request_is_a_crash_with_what_it_served(wo
 def test_a_request_that_kills_every_worker_costs_no_fork_storm(world: FakeWorld, records: Records) -> None:
     executor = Executor(records, world, world.ports())
     d = desired(api={"workers": 2})
-    now = 0.0
-    for _ in range(4):
-        now += 0.25
-        turn(records, executor, world, d, now)
+    now = run_for(records, executor, world, d, 4)
     started = len(world.ends)
     for _ in range(80):  # 20 s: every ready worker is killed on every pass
         now += 0.25

@@ -83,6 +83,15 @@ def turn(records: Records, executor: Executor, world: FakeWorld, want: DesiredSt
     world.signals.clear()
 
 
+def run_for(records: Records, executor: Executor, world: FakeWorld, want: DesiredState, passes: int,
+            now: float = 0.0) -> float:
+    """`passes` loop passes, a quarter second apart; returns the time reached."""
+    for _ in range(passes):
+        now += 0.25
+        turn(records, executor, world, want, now)
+    return now
+
+
 def ready(records: Records, app: str) -> int:
     return sum(r.view.phase is Phase.READY for r in records.workers.values() if r.view.app == app)
 
@@ -90,10 +99,7 @@ def ready(records: Records, app: str) -> int:
 def test_scale_then_roll_keeps_the_floor_through_the_real_executor(world: FakeWorld, records: Records) -> None:
     executor = Executor(records, world, world.ports())
     v1 = desired(api={"workers": 3})
-    now = 0.0
-    for _ in range(5):
-        now += 0.25
-        turn(records, executor, world, v1, now)
+    now = run_for(records, executor, world, v1, 5)
     assert ready(records, "api") == 3 and len(records.listeners) == 1
     v2 = desired(api={"workers": 3, "env": {"V": "2"}})
     for _ in range(20):
